@@ -1,0 +1,223 @@
+"""Great Expectations suites: built from the contract, stored as JSON, run on batches.
+
+The suites in ``expectations/`` are the row and batch rules of the pipeline. They
+are generated from :mod:`transforms.schemas` (``reputation expectations --write``)
+and a test keeps the committed JSON equal to what the contract implies, so the
+rules cannot drift from the contract. Every expectation carries
+``meta.reason_code``: the code a failing row is quarantined with.
+
+Great Expectations is imported inside functions: it takes seconds to import and
+logs heavily, which neither the CLI start-up nor the Airflow DAG parser should pay.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from transforms.errors import InputRejected
+from transforms.schemas import SOURCES, Source
+
+#: Columns added to a batch before validation (lineage and helpers, not data).
+ROW_ID = "_row_id"
+DELIVERY_END = "_delivery_end"
+DELIVERY_DAY = "_dt"
+
+
+def expectations_dir() -> Path:
+    """Folder of the committed suites (``expectations/`` beside the package)."""
+    env = os.environ.get("REPUTATION_EXPECTATIONS_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "expectations"
+
+
+def _exp(type_: str, reason: str, rule: str, **kwargs: Any) -> dict[str, Any]:
+    return {"type": type_, "kwargs": kwargs, "meta": {"reason_code": reason, "rule": rule}}
+
+
+def suite_for_source(source: Source) -> dict[str, Any]:
+    """The suite (as a JSON-able dict) implied by a source's contract."""
+    exps: list[dict[str, Any]] = []
+    for c in source.columns:
+        if c.required:
+            exps.append(_exp("expect_column_values_to_not_be_null", f"missing_value:{c.name}",
+                             f"{c.name} is required", column=c.name))
+        if c.domain is not None:
+            exps.append(_exp("expect_column_values_to_be_in_set", f"out_of_domain:{c.name}",
+                             f"{c.name} must be one of {', '.join(c.domain)}", column=c.name,
+                             value_set=list(c.domain)))
+        if c.min_value is not None or c.max_value is not None:
+            bounds = {k: v for k, v in (("min_value", c.min_value), ("max_value", c.max_value)) if v is not None}
+            exps.append(_exp("expect_column_values_to_be_between", f"out_of_range:{c.name}",
+                             f"{c.name} must be within {c.min_value}..{c.max_value}", column=c.name, **bounds))
+        if c.pattern is not None:
+            code = "invalid_identifier" if c.name.endswith("_id") else "invalid_format"
+            exps.append(_exp("expect_column_values_to_match_regex", f"{code}:{c.name}",
+                             f"{c.name} must match {c.pattern}", column=c.name, regex=c.pattern))
+        if c.max_chars is not None:
+            exps.append(_exp("expect_column_value_lengths_to_be_between", f"text_too_long:{c.name}",
+                             f"{c.name} may hold at most {c.max_chars} characters", column=c.name,
+                             min_value=0, max_value=c.max_chars))
+    for small, large in source.bounded_pairs:
+        exps.append(_exp("expect_column_pair_values_a_to_be_greater_than_b", f"cross_field:{small}>{large}",
+                         f"{small} must not exceed {large}", column_A=large, column_B=small,
+                         or_equal=True, ignore_row_if="either_value_is_missing"))
+    for later, earlier in source.ordered_pairs:
+        exps.append(_exp("expect_column_pair_values_a_to_be_greater_than_b", f"cross_field:{later}<{earlier}",
+                         f"{later} must not be before {earlier}", column_A=later, column_B=earlier,
+                         or_equal=True, ignore_row_if="either_value_is_missing"))
+    if source.event_column and SOURCES[source.name].column(source.event_column).kind == "timestamp":
+        exps.append(_exp("expect_column_pair_values_a_to_be_greater_than_b", f"after_delivery:{source.event_column}",
+                         f"{source.event_column} must not be after the delivery day", column_A=DELIVERY_END,
+                         column_B=source.event_column, or_equal=False, ignore_row_if="either_value_is_missing"))
+    if source.name == "merchants":
+        exps.append(_exp("expect_column_pair_values_a_to_be_greater_than_b", "future_date:registered_on",
+                         "registered_on must not be after the delivery day", column_A=DELIVERY_DAY,
+                         column_B="registered_on", or_equal=True, ignore_row_if="either_value_is_missing"))
+    if source.name == "sales":
+        exps.append(_exp("expect_column_pair_values_a_to_be_greater_than_b", "future_date:date",
+                         "a sales day must not be after the delivery day", column_A=DELIVERY_DAY,
+                         column_B="date", or_equal=True, ignore_row_if="either_value_is_missing"))
+    return {"name": f"{source.name}_suite", "meta": {"source": source.name, "generated_from": "transforms.schemas"},
+            "expectations": exps}
+
+
+def write_suites(folder: Path | None = None) -> list[Path]:
+    """Write every source suite as JSON into ``folder`` (default ``expectations/``)."""
+    out = folder or expectations_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for source in SOURCES.values():
+        p = out / f"{source.name}.json"
+        p.write_text(json.dumps(suite_for_source(source), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        paths.append(p)
+    return paths
+
+
+def load_suite(name: str) -> dict[str, Any]:
+    """Load a committed suite by file stem (``reviews``, ``scores`` ...)."""
+    p = expectations_dir() / f"{name}.json"
+    try:
+        data: dict[str, Any] = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        from transforms.errors import ConfigError
+
+        raise ConfigError(f"expectation suite {p} is missing",
+                          hint="run `reputation expectations --write` or restore it from git") from None
+    return data
+
+
+@dataclass
+class SuiteResult:
+    """What a suite found: failing row ids per reason code, and batch-level failures."""
+
+    suite: str
+    success: bool
+    row_failures: dict[str, list[int]] = field(default_factory=dict)
+    batch_failures: list[str] = field(default_factory=list)
+    evaluated: int = 0
+    docs_index: str | None = None
+
+
+def _quiet_gx() -> Any:
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    import great_expectations as gx
+
+    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
+    return gx
+
+
+def run_suite(frame: pl.DataFrame, suite: dict[str, Any], *, docs_dir: Path | None = None,
+              batch_name: str = "batch") -> SuiteResult:
+    """Validate a frame with a suite and map failing rows back to reason codes.
+
+    Parameters
+    ----------
+    frame
+        The batch; must contain ``_row_id`` (unique int) for row-level results.
+    suite
+        A suite dict as stored in ``expectations/``.
+    docs_dir
+        When given, Great Expectations Data Docs are built into this folder.
+
+    Raises
+    ------
+    InputRejected
+        When an expectation cannot be evaluated at all (for example a column of a
+        type the rule cannot compare); the message names the suite, the rule and
+        the column.
+    """
+    gx = _quiet_gx()
+    import great_expectations.expectations as gxe  # noqa: F401  (registers expectation classes)
+    from great_expectations.core.expectation_suite import ExpectationSuite
+
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = {"globally": False, "metric_calculations": False}
+    if docs_dir is not None:
+        docs_dir.mkdir(parents=True, exist_ok=True)
+        ctx.add_data_docs_site(site_name="run_docs", site_config={
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        })
+    gx_suite = ctx.suites.add(ExpectationSuite(name=suite["name"], expectations=suite["expectations"],
+                                               meta=suite.get("meta", {})))
+    asset = ctx.data_sources.add_pandas("pipeline").add_dataframe_asset(batch_name)
+    bd = asset.add_batch_definition_whole_dataframe("whole")
+    vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=f"{suite['name']}_vd", data=bd, suite=gx_suite))
+    actions = [gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=["run_docs"])] if docs_dir else []
+    cp = ctx.checkpoints.add(gx.Checkpoint(
+        name=f"{suite['name']}_cp", validation_definitions=[vd], actions=actions,
+        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [ROW_ID],
+                       "return_unexpected_index_query": False}))
+    pdf = frame.to_pandas()
+    res = cp.run(batch_parameters={"dataframe": pdf})
+    out = SuiteResult(suite=suite["name"], success=bool(res.success), evaluated=frame.height)
+    for vr in res.run_results.values():
+        for r in vr.results:
+            cfg = r.expectation_config
+            meta = cfg.meta or {}
+            code = meta.get("reason_code", cfg.type)
+            raised = _raised(r.exception_info)
+            if raised:
+                col = cfg.kwargs.get("column") or f"{cfg.kwargs.get('column_A')}/{cfg.kwargs.get('column_B')}"
+                raise InputRejected(
+                    f"suite {suite['name']}: rule {cfg.type} on {col} could not run ({raised})",
+                    hint="the column's values are of a type the rule cannot compare; check the source's types")
+            if r.success:
+                continue
+            idx = (r.result or {}).get("unexpected_index_list")
+            if idx is None:
+                out.batch_failures.append(code)
+                continue
+            out.row_failures[code] = sorted({int(d[ROW_ID]) for d in idx})
+    if docs_dir is not None:
+        index = docs_dir / "index.html"
+        out.docs_index = str(index) if index.exists() else None
+    return out
+
+
+def _raised(info: Any) -> str | None:
+    """The message of an exception raised while evaluating a rule, if any.
+
+    Great Expectations 1.24 nests metric exceptions by metric id, with no
+    top-level ``raised_exception``; look at both levels.
+    """
+    if not info:
+        return None
+    if isinstance(info, dict):
+        if info.get("raised_exception"):
+            return str(info.get("exception_message") or "exception")
+        for v in info.values():
+            msg = _raised(v) if isinstance(v, dict) else None
+            if msg:
+                return msg
+        return None
+    if getattr(info, "raised_exception", False):
+        return str(getattr(info, "exception_message", "exception"))
+    return None

@@ -1,0 +1,392 @@
+"""The one I/O edge of the pipeline: landing files in, lake tables out.
+
+Everything that touches storage goes through :class:`Lake`. Transforms stay pure
+(frames in, frames out) and outputs are written with the explicit Arrow schemas of
+:mod:`transforms.schemas`.
+
+Publishing is transactional. A run writes every output into its own attempt folder
+``_attempts/<attempt_id>/...``; nothing there is visible to readers. To publish, it
+writes a journal listing each partition to switch, then switches each public
+partition (``scores/score_date=D`` ...) to the new folder with an atomic symlink
+replace, the run folder (``runs/score_date=D``, holding ``manifest.json``) last, and
+removes the journal. A run killed at any moment leaves either the old or the new
+target behind every partition, and the journal lets the next run of that date
+finish the switch (redo), so a date's outputs become whole. A reader that wants
+all outputs of one run follows ``manifest.json``, which names them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gzip
+import io
+import json
+import os
+import re
+import shutil
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from transforms.errors import FileRejected, LakeError, RunLocked
+
+LANDING_EXTENSIONS = (".csv.gz", ".jsonl.gz", ".csv", ".jsonl", ".parquet")
+_DT_DIR = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+
+
+@dataclass(frozen=True)
+class LandingFile:
+    """A landing file that passed the layout rules."""
+
+    source: str
+    dt: date
+    rel: str          # path relative to the root, with forward slashes
+    fmt: str          # one of LANDING_EXTENSIONS
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class BadPath:
+    """A landing path that is not of the contract's form (reported and skipped)."""
+
+    source: str
+    rel: str
+    rule: str
+    message: str
+
+
+def _ext(name: str) -> str | None:
+    return next((e for e in LANDING_EXTENSIONS if name.endswith(e)), None)
+
+
+class Lake:
+    """A lake rooted at a local folder.
+
+    Parameters
+    ----------
+    root
+        Local folder (created when missing). Object-store URLs are rejected with a
+        clear message until the object-store backend is configured.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        text = str(root)
+        if "://" in text and not text.startswith("file://"):
+            from transforms.errors import ConfigError
+
+            raise ConfigError(
+                f"object-store root {text!r} is not supported by this build",
+                hint="use a local folder for --root / REPUTATION_ROOT",
+            )
+        self.root = Path(text.removeprefix("file://")).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ paths
+    def path(self, rel: str) -> Path:
+        """Absolute path of ``rel``, refusing anything that escapes the root."""
+        # normpath, not resolve(): published partitions are links and callers want the public path.
+        p = Path(os.path.normpath(self.root / rel))
+        if p != self.root and self.root not in p.parents:
+            raise LakeError(f"path {rel!r} escapes the lake root {self.root}")
+        return p
+
+    def uri(self, rel: str) -> str:
+        """A ``file://`` URI for an Airflow Asset or a report link."""
+        return self.path(rel).as_uri()
+
+    # ---------------------------------------------------------------- landing
+    def landing_days(self, source: str) -> list[date]:
+        """Delivery days present for a source (well-formed ``dt=`` folders only)."""
+        base = self.root / "landing" / source
+        if not base.is_dir():
+            return []
+        days = []
+        for entry in base.iterdir():
+            m = _DT_DIR.match(entry.name)
+            if m and entry.is_dir() and not entry.is_symlink():
+                with contextlib.suppress(ValueError):
+                    days.append(date.fromisoformat(m.group(1)))
+        return sorted(days)
+
+    def list_landing(self, source: str, dt: date) -> tuple[list[LandingFile], list[BadPath]]:
+        """Landing files of one source and delivery day, plus the paths that break the layout.
+
+        Links, hidden files, unknown extensions and names outside ``[A-Za-z0-9._-]``
+        are reported, never followed: a landing path can never reach outside the root.
+        """
+        folder = self.root / "landing" / source / f"dt={dt.isoformat()}"
+        good: list[LandingFile] = []
+        bad: list[BadPath] = []
+        if not folder.is_dir():
+            return good, bad
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+            rel = f"landing/{source}/dt={dt.isoformat()}/{entry.name}"
+            if entry.is_symlink():
+                bad.append(BadPath(source, rel, "bad_path", "symbolic links are not followed"))
+                continue
+            if entry.is_dir():
+                bad.append(BadPath(source, rel, "bad_path", "unexpected folder inside a dt= partition"))
+                continue
+            if entry.name.startswith(".") or entry.name.startswith("_"):
+                continue  # hidden and marker files (e.g. _SUCCESS) are not data
+            ext = _ext(entry.name)
+            if ext is None or not _FILE_NAME.match(entry.name):
+                bad.append(BadPath(source, rel, "bad_file_name",
+                                   f"file name must be <name>.<{'|'.join(e[1:] for e in LANDING_EXTENSIONS)}>"))
+                continue
+            good.append(LandingFile(source, dt, rel, ext, entry.stat().st_size))
+        return good, bad
+
+    def stray_landing_paths(self, source: str) -> list[BadPath]:
+        """Entries directly under ``landing/<source>/`` that are not ``dt=YYYY-MM-DD`` folders."""
+        base = self.root / "landing" / source
+        if not base.is_dir():
+            return []
+        out = []
+        for entry in sorted(base.iterdir(), key=lambda e: e.name):
+            m = _DT_DIR.match(entry.name)
+            ok = bool(m) and entry.is_dir() and not entry.is_symlink()
+            if ok:
+                try:
+                    date.fromisoformat(m.group(1))  # type: ignore[union-attr]
+                except ValueError:
+                    ok = False
+            if not ok and not entry.name.startswith("."):
+                out.append(BadPath(source, f"landing/{source}/{entry.name}", "bad_partition",
+                                   "partition folders must be named dt=YYYY-MM-DD"))
+        return out
+
+    def read_landing_bytes(self, f: LandingFile) -> bytes:
+        """Read (and gunzip) a landing file; a broken file raises :class:`FileRejected`."""
+        try:
+            data = self.path(f.rel).read_bytes()
+        except OSError as exc:
+            raise FileRejected(f.rel, "unreadable_file", f"cannot read the file: {exc.strerror}",
+                               hint="check the file's permissions and re-deliver it") from None
+        if f.fmt.endswith(".gz"):
+            try:
+                data = gzip.decompress(data)
+            except (OSError, EOFError, zlib.error) as exc:
+                raise FileRejected(f.rel, "corrupt_gzip", f"the gzip stream is corrupt or truncated ({exc})",
+                                   hint="re-deliver the file from the upstream system") from None
+        return data
+
+    def read_landing_parquet(self, f: LandingFile) -> pa.Table:
+        """Read a landing Parquet file; a corrupt one raises :class:`FileRejected`."""
+        try:
+            return pq.read_table(self.path(f.rel))
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise FileRejected(f.rel, "corrupt_parquet", f"the Parquet file cannot be read ({exc})",
+                               hint="re-deliver the file; it may be truncated") from None
+
+    # ----------------------------------------------------------------- tables
+    def write_parquet(self, table: pa.Table, rel: str, *, metadata: dict[str, str] | None = None,
+                      sort_note: str | None = None) -> str:
+        """Write one Parquet file (zstd, statistics, bounded row groups) at ``rel``."""
+        p = self.path(rel)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if metadata:
+            merged = dict(table.schema.metadata or {})
+            merged.update({k.encode(): v.encode() for k, v in metadata.items()})
+            table = table.replace_schema_metadata(merged)
+        pq.write_table(table, p, compression="zstd", row_group_size=64_000, write_statistics=True)
+        return rel
+
+    def write_json(self, obj: Any, rel: str) -> str:
+        """Write JSON (sorted keys, UTF-8) at ``rel`` atomically."""
+        p = self.path(rel)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.tmp")
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str),
+                       encoding="utf-8")
+        os.replace(tmp, p)
+        return rel
+
+    def write_text(self, text: str, rel: str) -> str:
+        p = self.path(rel)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text, encoding="utf-8")
+        return rel
+
+    def read_json(self, rel: str) -> Any:
+        try:
+            return json.loads(self.path(rel).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+
+    def exists(self, rel: str) -> bool:
+        return self.path(rel).exists()
+
+    def parquet_files(self, rel_dir: str) -> list[str]:
+        """Parquet files directly inside a partition folder (following its link)."""
+        d = self.path(rel_dir)
+        if not d.is_dir():
+            return []
+        return sorted(str(p) for p in d.glob("*.parquet"))
+
+    def scan_partitions(self, rel_dirs: list[str], schema: dict[str, pl.DataType] | None = None) -> pl.LazyFrame | None:
+        """Lazily scan the Parquet files of several partition folders, or ``None`` if there are none."""
+        files = [f for d in rel_dirs for f in self.parquet_files(d)]
+        if not files:
+            return None
+        return pl.scan_parquet(files, schema=schema)  # type: ignore[arg-type]
+
+    def partitions(self, table: str, key: str) -> list[date]:
+        """Dates of the published partitions ``<table>/<key>=YYYY-MM-DD``."""
+        base = self.root / table
+        if not base.is_dir():
+            return []
+        out = []
+        for entry in base.iterdir():
+            m = re.match(rf"^{re.escape(key)}=(\d{{4}}-\d{{2}}-\d{{2}})$", entry.name)
+            if m and entry.exists():
+                out.append(date.fromisoformat(m.group(1)))
+        return sorted(out)
+
+    # ------------------------------------------------------------ transactions
+    def attempt_dir(self, attempt_id: str) -> str:
+        return f"_attempts/{attempt_id}"
+
+    def commit(self, switches: list[tuple[str, str]], journal_key: str) -> None:
+        """Atomically point each public partition at its new attempt folder.
+
+        Parameters
+        ----------
+        switches
+            ``(public_rel, attempt_rel)`` pairs, applied in order; put the run folder
+            (the manifest) last so it is the commit point.
+        journal_key
+            Names the journal file, one per date, used to redo an interrupted commit.
+        """
+        journal = f"_journal/{journal_key}.json"
+        self.write_json({"switches": switches}, journal)
+        self._apply(switches)
+        self.path(journal).unlink()
+
+    def recover(self, journal_key: str) -> bool:
+        """Finish an interrupted commit (idempotent). Returns whether there was one."""
+        data = self.read_json(f"_journal/{journal_key}.json")
+        if data is None:
+            return False
+        self._apply([tuple(s) for s in data["switches"]])  # type: ignore[misc]
+        self.path(f"_journal/{journal_key}.json").unlink()
+        return True
+
+    def _apply(self, switches: list[tuple[str, str]]) -> None:
+        for public_rel, attempt_rel in switches:
+            link = self.path(public_rel)
+            target = self.path(attempt_rel)
+            if not target.exists():
+                raise LakeError(f"cannot publish {public_rel}: {attempt_rel} is missing")
+            link.parent.mkdir(parents=True, exist_ok=True)
+            old = link.resolve() if link.is_symlink() else None
+            if link.exists() and not link.is_symlink():
+                # A real folder from an older layout: move it aside so the swap stays atomic.
+                shutil.rmtree(link)
+            tmp = link.with_name(f".{link.name}.swap")
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            os.symlink(os.path.relpath(target, link.parent), tmp)
+            os.replace(tmp, link)
+            if old is not None and old != target and old.exists():
+                shutil.rmtree(old, ignore_errors=True)
+
+    def sweep_attempts(self, keep: set[str] | None = None, min_age_seconds: float = 3600) -> int:
+        """Remove attempt folders no published partition points to (killed or failed runs).
+
+        Only folders older than ``min_age_seconds`` go, so a run still writing is safe.
+        """
+        base = self.root / "_attempts"
+        if not base.is_dir():
+            return 0
+        removed = 0
+        now = time.time()
+        for attempt in base.iterdir():
+            if keep and attempt.name in keep:
+                continue
+            if now - attempt.stat().st_mtime < min_age_seconds:
+                continue
+            if not self._referenced(attempt):
+                shutil.rmtree(attempt, ignore_errors=True)
+                removed += 1
+        return removed
+
+    def _referenced(self, attempt: Path) -> bool:
+        for dirpath, dirnames, _ in os.walk(self.root):
+            rel = Path(dirpath).relative_to(self.root)
+            if rel.parts[:1] in (("_attempts",), ("landing",)):
+                dirnames[:] = []
+                continue
+            for d in dirnames:
+                full = Path(dirpath) / d
+                if full.is_symlink() and attempt in full.resolve().parents:
+                    return True
+        return False
+
+    # ------------------------------------------------------------------ locks
+    @contextlib.contextmanager
+    def lock(self, key: str, *, wait_seconds: float = 0.0) -> Iterator[None]:
+        """Hold an exclusive lock for ``key`` (one run per date at a time).
+
+        Raises
+        ------
+        RunLocked
+            When another process holds the lock for longer than ``wait_seconds``.
+        """
+        p = self.path(f"_locks/{key}.lock")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fh = p.open("a+")
+        deadline = time.monotonic() + wait_seconds
+        try:
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise RunLocked(
+                            f"another run of {key} is in progress (lock {p})",
+                            hint="wait for it to finish, or pass --wait SECONDS to queue behind it",
+                        ) from None
+                    time.sleep(0.5)
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.close()
+
+
+def table_from_polars(df: pl.DataFrame, schema: pa.Schema) -> pa.Table:
+    """Convert a frame to Arrow with exactly ``schema`` (order, types, nullability).
+
+    Raises
+    ------
+    LakeError
+        When a column is missing or cannot be cast: a bug, never silently coerced.
+    """
+    missing = [f.name for f in schema if f.name not in df.columns]
+    if missing:
+        raise LakeError(f"output is missing columns {missing} of its schema")
+    table = df.select([f.name for f in schema]).to_arrow()
+    try:
+        return table.cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise LakeError(f"output does not match its schema: {exc}") from None
+
+
+def jsonl_text(rows: list[dict[str, Any]]) -> str:
+    """Rows as JSON Lines (used by tests and tools that write landing data)."""
+    buf = io.StringIO()
+    for r in rows:
+        buf.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
+    return buf.getvalue()

@@ -1,0 +1,631 @@
+"""The nightly run for one score date: ingest → validate → score → publish.
+
+The CLI (``reputation run``) and the Airflow DAG call these same four functions.
+Each step reads and writes only the run's attempt folder, keyed by the score
+date, and hands the next one a small JSON-able context; nothing is visible to
+readers until :func:`publish` commits, so a failed or killed run leaves every
+published date untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from transforms import __version__
+from transforms.errors import FileRejected, GateFailed, InputRejected, ReputationError
+from transforms.lake import Lake, table_from_polars
+from transforms.policy import Policy, load_policy
+from transforms.schemas import (
+    QUARANTINE_SCHEMA,
+    SCHEMA_VERSION,
+    SCORES_SCHEMA,
+    SOURCE_NAMES,
+    SOURCES,
+)
+from transforms.settings import Settings, load_settings
+from transforms.staging import business_day_bounds
+
+log = logging.getLogger("reputation")
+
+#: Order matters: the registry is validated first because other sources are checked against it.
+STAGE_ORDER = ("merchants", "sales", "reviews", "complaints", "returns")
+
+
+@dataclass
+class RunContext:
+    """What one step hands the next (serialised as JSON between Airflow tasks)."""
+
+    score_date: str
+    attempt_id: str
+    root: str
+    policy_path: str | None
+    run_id: str = ""
+    days_to_stage: dict[str, list[str]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def day(self) -> date:
+        return date.fromisoformat(self.score_date)
+
+    @property
+    def work(self) -> str:
+        return f"_attempts/{self.attempt_id}"
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunContext:
+        return cls(**data)
+
+
+@dataclass
+class RunResult:
+    """The outcome of a run, as the CLI reports it."""
+
+    score_date: date
+    status: str          # published | held | failed
+    exit_code: int
+    run_id: str
+    manifest_path: str
+    message: str
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- helpers
+def _settings(settings: Settings | None, root: str | None) -> Settings:
+    if settings is None:
+        return load_settings(root=root)
+    if root is not None:
+        return settings.model_copy(update={"root": root})
+    return settings
+
+
+def _policy(ctx: RunContext) -> Policy:
+    return load_policy(ctx.policy_path)
+
+
+def _timed(ctx: RunContext, step: str, start: float) -> None:
+    ctx.timings[step] = round(time.perf_counter() - start, 3)
+
+
+def _save_ctx(lake: Lake, ctx: RunContext) -> None:
+    lake.write_json(ctx.to_json(), f"{ctx.work}/context.json")
+
+
+def staged_dir(source: str, dt: date) -> str:
+    return f"staged/{source}/dt={dt.isoformat()}"
+
+
+def quarantine_dir(source: str, dt: date) -> str:
+    return f"quarantine/{source}/dt={dt.isoformat()}"
+
+
+def _staged_days(lake: Lake, source: str) -> list[date]:
+    return lake.partitions(f"staged/{source}", "dt")
+
+
+def _resolved_staged_dirs(lake: Lake, ctx: RunContext, source: str, lo: date | None, hi: date) -> list[str]:
+    """Staged partitions for ``lo <= dt <= hi``: this attempt's where it restaged, else published."""
+    new = set(ctx.days_to_stage.get(source, []))
+    days = {d for d in _staged_days(lake, source)} | {date.fromisoformat(d) for d in new}
+    out = []
+    for d in sorted(days):
+        if d > hi or (lo is not None and d < lo):
+            continue
+        out.append(f"{ctx.work}/{staged_dir(source, d)}" if d.isoformat() in new else staged_dir(source, d))
+    return out
+
+
+# ------------------------------------------------------------------------------ ingest
+def ingest(score_date: date, settings: Settings | None = None, *, root: str | None = None,
+           attempt_id: str | None = None) -> RunContext:
+    """Read and type every landing file this run must stage.
+
+    A delivery day is staged once (its staged partition depends only on landing
+    days up to it, so the as-of rule holds); the score date's own day is always
+    restaged, so a rerun of a date sees exactly its inputs.
+
+    Returns
+    -------
+    RunContext
+        Context for :func:`validate`; typed rows are in the attempt folder.
+    """
+    t0 = time.perf_counter()
+    st = _settings(settings, root)
+    lake = Lake(st.root)
+    lake.recover(f"score_date={score_date.isoformat()}")
+    policy = load_policy(st.policy_path)
+    key, dev_key = st.pseudonym_key_bytes()
+    ctx = RunContext(score_date=score_date.isoformat(), attempt_id=attempt_id or uuid.uuid4().hex[:12],
+                     root=str(lake.root), policy_path=str(st.policy_path) if st.policy_path else None)
+    ctx.notes["development_pseudonym_key"] = dev_key
+    ctx.notes["business_timezone"] = st.business_timezone
+    fingerprint = hashlib.sha256()
+    fingerprint.update(f"{score_date}|{policy.digest}|{__version__}|{SCHEMA_VERSION}|{st.business_timezone}".encode())
+    files_report: dict[str, Any] = {}
+    for source in STAGE_ORDER:
+        spec = SOURCES[source]
+        landed = [d for d in lake.landing_days(source) if d <= score_date]
+        staged = set(_staged_days(lake, source))
+        todo = sorted({d for d in landed if d not in staged} | ({score_date} if score_date in landed else set()))
+        ctx.days_to_stage[source] = [d.isoformat() for d in todo]
+        report: dict[str, Any] = {"files": [], "file_failures": [], "bad_paths": [], "extra_columns": {}}
+        report["bad_paths"] += [b.__dict__ for b in lake.stray_landing_paths(source)]
+        frames: list[pl.DataFrame] = []
+        for d in landed:
+            good, bad = lake.list_landing(source, d)
+            for f in good:
+                fingerprint.update(f"{f.rel}|{f.size_bytes}".encode())
+            if d not in todo:
+                continue
+            report["bad_paths"] += [b.__dict__ for b in bad]
+            for f in good:
+                try:
+                    typed, info = _read_one(lake, f, spec, st, key)
+                except FileRejected as exc:
+                    report["file_failures"].append({"file": exc.path, "rule": exc.rule, "message": exc.message,
+                                                    "hint": exc.hint})
+                    continue
+                report["files"].append(info)
+                if info["extra_columns"]:
+                    report["extra_columns"][f.rel] = info["extra_columns"]
+                frames.append(typed)
+        typed_all = pl.concat(frames, how="vertical") if frames else _empty_typed(source)
+        lake.write_parquet(typed_all.to_arrow(), f"{ctx.work}/typed/{source}.parquet")
+        files_report[source] = report
+    ctx.run_id = "r" + fingerprint.hexdigest()[:16]
+    lake.write_json(files_report, f"{ctx.work}/files.json")
+    _timed(ctx, "ingest", t0)
+    _save_ctx(lake, ctx)
+    log.info("ingest done", extra={"run_id": ctx.run_id, "score_date": ctx.score_date})
+    return ctx
+
+
+def _empty_typed(source: str) -> pl.DataFrame:
+    from transforms.staging import empty_typed
+
+    return empty_typed(SOURCES[source]).with_columns(pl.lit(None, pl.String).alias("_original"))
+
+
+def _read_one(lake: Lake, f: Any, spec: Any, st: Settings, key: bytes) -> tuple[pl.DataFrame, dict[str, Any]]:
+    from transforms.staging import (
+        check_columns,
+        parse_csv,
+        parse_jsonl,
+        parse_parquet,
+        pseudonymise,
+        type_frame,
+    )
+
+    encoding = "binary"
+    if f.fmt == ".parquet":
+        raw = parse_parquet(lake.read_landing_parquet(f), f.rel)
+    else:
+        data = lake.read_landing_bytes(f)
+        if f.fmt.startswith(".csv"):
+            raw, encoding = parse_csv(data, f.rel, st.csv_encodings)
+        else:
+            raw, encoding = parse_jsonl(data, f.rel, st.csv_encodings)
+    extra = check_columns(raw, spec, f.rel)
+    if raw.width == 0 or raw.height == 0:
+        typed = _empty_typed(spec.name)
+        return typed, {"file": f.rel, "rows": 0, "encoding": encoding, "extra_columns": extra}
+    personal = [c.name for c in spec.columns if c.personal]
+    raw = pseudonymise(raw, personal, key)
+    original = raw.select(pl.struct([pl.col(c).cast(pl.String) for c in raw.columns])
+                          .struct.json_encode().alias("_original"))
+    typed = type_frame(raw, spec, f.rel, f.dt).with_columns(original.get_column("_original"))
+    return typed, {"file": f.rel, "rows": raw.height, "encoding": encoding, "extra_columns": extra}
+
+
+# ---------------------------------------------------------------------------- validate
+def validate(ctx: RunContext, settings: Settings | None = None) -> RunContext:
+    """Run the Great Expectations suites, quarantine bad rows, dedupe, account and gate.
+
+    Raises
+    ------
+    InputRejected
+        When a file-level failure or a batch rule of the fail-closed gate trips
+        (unless the policy's ``gate.override`` is set); nothing is published.
+    """
+    from transforms.expectations import DELIVERY_END, ROW_ID, load_suite, run_suite
+    from transforms.validation import apply_versions, row_reasons
+
+    t0 = time.perf_counter()
+    st = _settings(settings, ctx.root)
+    lake = Lake(ctx.root)
+    policy = _policy(ctx)
+    files = lake.read_json(f"{ctx.work}/files.json")
+    tz = st.business_timezone
+    validation: dict[str, Any] = {}
+    known: pl.DataFrame | None = None
+    for source in STAGE_ORDER:
+        spec = SOURCES[source]
+        typed = pl.read_parquet(lake.path(f"{ctx.work}/typed/{source}.parquet"))
+        typed = typed.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias(ROW_ID))
+        end_expr = pl.col("_dt").map_elements(lambda d: business_day_bounds(d, st.tz)[1], return_dtype=pl.Datetime("us", "UTC"))
+        if typed.height:
+            ends = {d: business_day_bounds(d, st.tz)[1] for d in typed.get_column("_dt").unique().to_list()}
+            end_expr = pl.col("_dt").replace_strict(ends, return_dtype=pl.Datetime("us", "UTC"))
+        batch = typed.drop("_original", "_parse_errors", "_file", "_row_number").with_columns(end_expr.alias(DELIVERY_END))
+        docs = lake.path(f"{ctx.work}/runs/data_docs")
+        result = run_suite(batch, load_suite(source), docs_dir=docs, batch_name=source)
+        if source == "merchants":
+            known = None
+        reasons = row_reasons(typed, result.row_failures, known)
+        prior_dirs = _prior_staged_dirs(lake, ctx, source)
+        prior = lake.scan_partitions(prior_dirs)
+        outcome = apply_versions(typed, reasons, prior, spec)
+        if source == "merchants":
+            known = outcome.first_seen
+        day_reports: dict[str, Any] = {}
+        for d_iso in ctx.days_to_stage[source]:
+            d = date.fromisoformat(d_iso)
+            acc = outcome.accepted.filter(pl.col("_dt") == d)
+            quar = outcome.quarantined.filter(pl.col("_dt") == d)
+            lake.write_parquet(acc.to_arrow(), f"{ctx.work}/{staged_dir(source, d)}/part-0.parquet",
+                               metadata={"run_id": ctx.run_id, "schema_version": SCHEMA_VERSION})
+            qt = quar.select(
+                pl.lit(source).alias("source"), pl.col("_dt").alias("dt"), pl.col("_file").alias("file"),
+                pl.col("_row_number").alias("row_number"), pl.col("reason_codes"),
+                pl.col("reasons"), pl.col("_original").fill_null("{}").alias("original"),
+                pl.lit(ctx.day).alias("quarantined_on"), pl.lit(ctx.run_id).alias("run_id"),
+            ).sort("file", "row_number")
+            lake.write_parquet(table_from_polars(qt, QUARANTINE_SCHEMA),
+                               f"{ctx.work}/{quarantine_dir(source, d)}/part-0.parquet",
+                               metadata={"run_id": ctx.run_id, "schema_version": SCHEMA_VERSION})
+            rep = outcome.day_report(d)
+            lake.write_json(rep, f"{ctx.work}/{staged_dir(source, d)}/_accounting.json")
+            day_reports[d_iso] = rep
+        validation[source] = {"suite": result.suite, "success": result.success,
+                              "batch_failures": result.batch_failures, "evaluated_rows": result.evaluated,
+                              "staged_days": day_reports}
+    lake.write_json(validation, f"{ctx.work}/validation.json")
+    gate = evaluate_gate(lake, ctx, policy, files, validation)
+    lake.write_json(gate, f"{ctx.work}/gate.json")
+    _timed(ctx, "validate", t0)
+    _save_ctx(lake, ctx)
+    if gate["tripped"] and not policy.gate.override:
+        first = gate["tripped"][0]
+        if first["rule"].startswith("file:"):
+            raise FileRejected(first["file"], first["rule"].removeprefix("file:"), first["message"],
+                               hint=first.get("hint") or "fix or re-deliver the file, then rerun the date")
+        raise GateFailed(first["rule"], first["message"],
+                         hint="inspect the quarantine and manifest; to publish anyway after review, set "
+                              "gate.override: true in a reviewed policy file (REPUTATION_POLICY_PATH)")
+    return ctx
+
+
+def _prior_staged_dirs(lake: Lake, ctx: RunContext, source: str) -> list[str]:
+    new = ctx.days_to_stage.get(source, [])
+    if not new:
+        return []
+    hi = max(date.fromisoformat(d) for d in new)
+    return [staged_dir(source, d) for d in _staged_days(lake, source) if d < hi and d.isoformat() not in new]
+
+
+def evaluate_gate(lake: Lake, ctx: RunContext, policy: Policy, files: dict[str, Any],
+                  validation: dict[str, Any]) -> dict[str, Any]:
+    """The fail-closed batch rules. Returns every check with its numbers and what tripped."""
+    g = policy.gate
+    checks: list[dict[str, Any]] = []
+    tripped: list[dict[str, Any]] = []
+    for source in STAGE_ORDER:
+        for failure in files[source]["file_failures"]:
+            check = {"rule": f"file:{failure['rule']}", "source": source, "file": failure["file"],
+                     "message": failure["message"], "hint": failure.get("hint"),
+                     "action": "fail_run" if g.file_failure == "fail_run" else "file skipped"}
+            checks.append(check)
+            if g.file_failure == "fail_run":
+                tripped.append(check)
+        for d_iso, rep in validation[source]["staged_days"].items():
+            read = rep["read"]
+            share = rep["quarantined"] / read if read else 0.0
+            check = {"rule": "quarantine_share", "source": source, "dt": d_iso, "value": round(share, 6),
+                     "limit": g.max_quarantine_share,
+                     "message": f"{source} dt={d_iso}: {rep['quarantined']} of {read} rows quarantined "
+                                f"({share:.1%}; limit {g.max_quarantine_share:.1%})"}
+            bad = share > g.max_quarantine_share
+            if bad or d_iso == ctx.score_date:
+                checks.append(check | {"passed": not bad})
+            if bad:
+                tripped.append(check)
+    day = ctx.day
+    for source in g.expected_daily_sources:
+        present = day.isoformat() in validation[source]["staged_days"]
+        check = {"rule": "missing_source", "source": source, "dt": day.isoformat(), "value": present,
+                 "message": f"no {source} delivery landed for dt={day.isoformat()} (expected daily)"}
+        checks.append(check)
+        if not present:
+            tripped.append(check)
+    lo_mult, hi_mult = g.volume_band
+    for source in STAGE_ORDER:
+        rep = validation[source]["staged_days"].get(day.isoformat())
+        if rep is None:
+            continue
+        history = []
+        for k in range(1, g.volume_history_days + 1):
+            d = day - timedelta(days=k)
+            acc = validation[source]["staged_days"].get(d.isoformat()) or lake.read_json(
+                f"{staged_dir(source, d)}/_accounting.json")
+            if acc is not None:
+                history.append(acc["accepted_at_staging"])
+        if len(history) < g.volume_min_history_days or source == "merchants":
+            checks.append({"rule": "volume_band", "source": source, "dt": day.isoformat(), "skipped":
+                           f"history of {len(history)} days < {g.volume_min_history_days}" if source != "merchants"
+                           else "registry deliveries are change sets"})
+            continue
+        median = sorted(history)[len(history) // 2]
+        value = rep["accepted_at_staging"]
+        ok = median == 0 or lo_mult * median <= value <= hi_mult * median
+        check = {"rule": "volume_band", "source": source, "dt": day.isoformat(), "value": value,
+                 "median": median, "band": [lo_mult * median, hi_mult * median],
+                 "message": f"{source} dt={day.isoformat()}: {value} accepted rows is outside "
+                            f"{lo_mult}×–{hi_mult}× the trailing median {median}"}
+        checks.append(check)
+        if not ok:
+            tripped.append(check)
+    return {"passed": not tripped, "tripped": tripped, "checks": checks, "override": g.override}
+
+
+# ------------------------------------------------------------------------------- score
+def load_inputs(lake: Lake, ctx: RunContext, policy: Policy) -> dict[str, pl.LazyFrame]:
+    """Current (as-of the score date) staged rows for every source, limited to the window."""
+    from transforms.validation import current_versions
+
+    day = ctx.day
+    ws = day - timedelta(days=policy.window.extended_days - 1)
+    out: dict[str, pl.LazyFrame] = {}
+    for source in STAGE_ORDER:
+        spec = SOURCES[source]
+        lo = None if source == "merchants" else ws
+        scan = lake.scan_partitions(_resolved_staged_dirs(lake, ctx, source, lo, day))
+        if scan is None:
+            from transforms.staging import empty_typed
+
+            scan = empty_typed(spec).with_columns(pl.lit(0, pl.UInt64).alias("_row_hash")).lazy()
+        out[source] = current_versions(scan, spec) if spec.versioning == "versioned" else scan
+    return out
+
+
+def score(ctx: RunContext, settings: Settings | None = None) -> RunContext:
+    """Compute the scores (and enforcement actions) into the attempt folder."""
+    from transforms.enforcement import build_actions
+    from transforms.manipulation import discount_reviews
+    from transforms.scoring import ScoringInputs, compute_evidence, score_merchants
+
+    t0 = time.perf_counter()
+    st = _settings(settings, ctx.root)
+    lake = Lake(ctx.root)
+    policy = _policy(ctx)
+    tz = st.business_timezone
+    inputs = load_inputs(lake, ctx, policy)
+    registry = inputs["merchants"].select(
+        "merchant_id", "name", "category", "registered_on", "license_expires_on", "status")
+    reviews = discount_reviews(inputs["reviews"], policy, tz)
+    _, end = business_day_bounds(ctx.day, st.tz)
+    ev = compute_evidence(ScoringInputs(registry, inputs["sales"], reviews, inputs["complaints"],
+                                        inputs["returns"]), ctx.day, end, policy, tz)
+    scored = score_merchants(ev, ctx.day, policy).with_columns(pl.lit(ctx.run_id).alias("run_id"))
+    df = scored.collect(engine="in-memory").sort("merchant_id")
+    table = table_from_polars(df, SCORES_SCHEMA)
+    meta = {"schema_version": SCHEMA_VERSION, "policy_version": policy.version, "run_id": ctx.run_id,
+            "grain": "one row per merchant in the registry as of score_date"}
+    lake.write_parquet(table, f"{ctx.work}/scores/part-0.parquet", metadata=meta)
+    previous = previous_scores(lake, ctx.day)
+    actions = build_actions(pl.from_arrow(table), previous, policy, ctx.day, ctx.run_id)  # type: ignore[arg-type]
+    from transforms.schemas import ACTIONS_SCHEMA
+
+    lake.write_parquet(table_from_polars(actions, ACTIONS_SCHEMA), f"{ctx.work}/actions/part-0.parquet",
+                       metadata=meta | {"grain": "one row per merchant whose enforcement state changes on score_date"})
+    ctx.notes["scores_rows"] = df.height
+    ctx.notes["actions_rows"] = actions.height
+    ctx.notes["tier_counts"] = dict(df.group_by("tier").len().sort("tier").iter_rows())
+    _timed(ctx, "score", t0)
+    _save_ctx(lake, ctx)
+    return ctx
+
+
+def previous_scores(lake: Lake, day: date) -> pl.DataFrame | None:
+    """The latest published scores strictly before ``day`` (enforcement carries state)."""
+    earlier = [d for d in lake.partitions("scores", "score_date") if d < day]
+    if not earlier:
+        return None
+    files = lake.parquet_files(f"scores/score_date={earlier[-1].isoformat()}")
+    return pl.read_parquet(files) if files else None
+
+
+# ----------------------------------------------------------------------------- publish
+def publish(ctx: RunContext, settings: Settings | None = None) -> RunResult:
+    """Check the scores with their suite, write the manifest and commit atomically."""
+    from transforms.expectations import ROW_ID, load_suite, run_suite
+
+    t0 = time.perf_counter()
+    lake = Lake(ctx.root)
+    policy = _policy(ctx)
+    scores = pl.read_parquet(lake.path(f"{ctx.work}/scores/part-0.parquet"))
+    suite = load_suite("scores")
+    for e in suite["expectations"]:
+        if e["kwargs"].get("value_set") == "$policy_tiers":
+            e["kwargs"]["value_set"] = policy.tier_names
+    res = run_suite(scores.drop("reason_codes", "reason_details", "reason_points", "discount_reasons")
+                    .with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias(ROW_ID)),
+                    suite, docs_dir=lake.path(f"{ctx.work}/runs/data_docs"), batch_name="scores")
+    forbidden = [c for c in scores.columns if c in ("reviewer_id", "complainant_id")]
+    if not res.success or forbidden:
+        raise ReputationError(f"published-scores suite failed: {sorted(res.row_failures) + res.batch_failures} "
+                              f"{forbidden or ''}".strip(),
+                              hint="this is a bug in scoring; nothing was published. Report it with the manifest.")
+    _timed(ctx, "publish_checks", t0)
+    manifest = build_manifest(lake, ctx, policy, status="published", exit_code=0)
+    manifest["outputs"] = {
+        "scores": {"path": f"scores/score_date={ctx.score_date}", "rows": scores.height},
+        "actions": {"path": f"actions/score_date={ctx.score_date}", "rows": ctx.notes.get("actions_rows", 0)},
+        "quarantine": [quarantine_dir(s, date.fromisoformat(d)) for s in STAGE_ORDER
+                       for d in ctx.days_to_stage[s]],
+        "data_docs": f"runs/score_date={ctx.score_date}/data_docs/index.html",
+    }
+    manifest["scores_suite"] = {"suite": res.suite, "success": res.success}
+    lake.write_json(manifest, f"{ctx.work}/runs/manifest.json")
+    switches: list[tuple[str, str]] = []
+    for source in STAGE_ORDER:
+        for d_iso in ctx.days_to_stage[source]:
+            d = date.fromisoformat(d_iso)
+            switches.append((staged_dir(source, d), f"{ctx.work}/{staged_dir(source, d)}"))
+            switches.append((quarantine_dir(source, d), f"{ctx.work}/{quarantine_dir(source, d)}"))
+    switches.append((f"scores/score_date={ctx.score_date}", f"{ctx.work}/scores"))
+    switches.append((f"actions/score_date={ctx.score_date}", f"{ctx.work}/actions"))
+    switches.append((f"runs/score_date={ctx.score_date}", f"{ctx.work}/runs"))
+    with lake.lock(f"commit-{ctx.score_date}", wait_seconds=600):
+        lake.commit(switches, f"score_date={ctx.score_date}")
+    _cleanup_attempt(lake, ctx)
+    _timed(ctx, "publish", t0)
+    return RunResult(ctx.day, "published", 0, ctx.run_id, str(lake.path(f"runs/score_date={ctx.score_date}/manifest.json")),
+                     f"published {scores.height} scores for {ctx.score_date}", manifest)
+
+
+def _cleanup_attempt(lake: Lake, ctx: RunContext) -> None:
+    import shutil
+
+    for leftover in ("typed", "context.json", "files.json", "validation.json", "gate.json"):
+        p = lake.path(f"{ctx.work}/{leftover}")
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists():
+            p.unlink()
+
+
+def build_manifest(lake: Lake, ctx: RunContext, policy: Policy, *, status: str, exit_code: int,
+                   error: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run manifest: per-source accounting, validation, gate, policy, timings, status."""
+    from transforms.validation import accounting_as_of
+
+    files = lake.read_json(f"{ctx.work}/files.json") or {}
+    validation = lake.read_json(f"{ctx.work}/validation.json") or {}
+    gate = lake.read_json(f"{ctx.work}/gate.json")
+    sources: dict[str, Any] = {}
+    for source in SOURCE_NAMES:
+        entry: dict[str, Any] = {}
+        if source in files:
+            entry.update({k: files[source][k] for k in ("file_failures", "bad_paths", "extra_columns")})
+            entry["files_read"] = len(files[source]["files"])
+        if source in validation:
+            entry["validation"] = {k: validation[source][k] for k in ("suite", "success", "batch_failures")}
+            try:
+                entry.update(accounting_as_of(lake, ctx, source))
+            except ReputationError:
+                raise
+            except Exception as exc:  # accounting must never hide the real failure
+                entry["accounting_error"] = str(exc)
+        sources[source] = entry
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "score_date": ctx.score_date,
+        "run_id": ctx.run_id,
+        "attempt_id": ctx.attempt_id,
+        "status": status,
+        "exit_code": exit_code,
+        "policy": {"version": policy.version, "digest": policy.digest, "path": ctx.policy_path or "packaged"},
+        "code_version": __version__,
+        "business_timezone": ctx.notes.get("business_timezone"),
+        "pseudonymisation": {"method": "HMAC-SHA256",
+                             "development_key": bool(ctx.notes.get("development_pseudonym_key"))},
+        "sources": sources,
+        "gate": gate,
+        "timings_seconds": ctx.timings,
+        "tier_counts": ctx.notes.get("tier_counts"),
+        "error": error,
+    }
+
+
+def record_failure(ctx: RunContext, exc: BaseException, *, stage: str) -> str:
+    """Write a failed run's manifest; publish it only when the date has no published run.
+
+    A failed run must leave previous outputs untouched, so an existing published
+    manifest stays; the failed attempt's manifest is kept under ``runs/_failed``.
+    """
+    lake = Lake(ctx.root)
+    try:
+        policy = _policy(ctx)
+    except ReputationError:
+        policy = load_policy(None)
+    exit_code = getattr(exc, "exit_code", 1)
+    error = {"stage": stage, "type": type(exc).__name__, "message": getattr(exc, "message", str(exc)),
+             "hint": getattr(exc, "hint", None), "rule": getattr(exc, "rule", None),
+             "file": getattr(exc, "path", None)}
+    manifest = build_manifest(lake, ctx, policy, status="failed", exit_code=exit_code, error=error)
+    rel = f"runs/_failed/score_date={ctx.score_date}/{ctx.attempt_id}.json"
+    lake.write_json(manifest, rel)
+    published = lake.read_json(f"runs/score_date={ctx.score_date}/manifest.json")
+    if published is None:
+        lake.write_json(manifest, f"{ctx.work}/runs_failed/manifest.json")
+        lake.commit([(f"runs/score_date={ctx.score_date}", f"{ctx.work}/runs_failed")],
+                    f"score_date={ctx.score_date}")
+        return str(lake.path(f"runs/score_date={ctx.score_date}/manifest.json"))
+    return str(lake.path(rel))
+
+
+# --------------------------------------------------------------------------------- run
+def run_date(score_date: date, settings: Settings | None = None, *, root: str | None = None,
+             wait_seconds: float = 0.0) -> RunResult:
+    """Run all four steps for one date under the date's lock.
+
+    Returns a :class:`RunResult`; data problems come back as a failed result with
+    exit code 3 (never an exception), other :class:`ReputationError` propagate.
+    """
+    st = _settings(settings, root)
+    lake = Lake(st.root)
+    with lake.lock(f"score_date={score_date.isoformat()}", wait_seconds=wait_seconds):
+        ctx: RunContext | None = None
+        stage = "ingest"
+        try:
+            ctx = ingest(score_date, st)
+            stage = "validate"
+            ctx = validate(ctx, st)
+            stage = "score"
+            ctx = score(ctx, st)
+            stage = "publish"
+            return publish(ctx, st)
+        except InputRejected as exc:
+            if ctx is None:
+                raise
+            path = record_failure(ctx, exc, stage=stage)
+            return RunResult(score_date, "failed", exc.exit_code, ctx.run_id, path, str(exc))
+
+
+def manifest_for(lake: Lake, day: date) -> dict[str, Any] | None:
+    """The published (or failed, if none published) manifest of a date."""
+    data = lake.read_json(f"runs/score_date={day.isoformat()}/manifest.json")
+    return data if isinstance(data, dict) else None
+
+
+def read_scores(lake: Lake, day: date) -> pl.DataFrame:
+    """Published scores of one date (empty frame with the schema when none)."""
+    files = lake.parquet_files(f"scores/score_date={day.isoformat()}")
+    if not files:
+        return pl.from_arrow(SCORES_SCHEMA.empty_table())  # type: ignore[return-value]
+    return pl.read_parquet(files)
+
+
+def json_default(o: Any) -> Any:
+    if isinstance(o, (date, datetime)):
+        return o.isoformat()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, default=json_default, indent=2, ensure_ascii=False)

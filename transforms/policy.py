@@ -1,0 +1,217 @@
+"""The versioned scoring and enforcement policy, validated on load.
+
+Weights and thresholds are data, not code: they live in a YAML file whose
+``version`` is stamped on every output row, so any score can be traced to the
+rules that produced it. Unknown keys are errors (a typo must not silently fall
+back to a default).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from transforms.errors import PolicyError
+
+RATE_DIMENSIONS: tuple[str, ...] = ("quality", "description", "after_sales", "fulfilment")
+DIMENSIONS: tuple[str, ...] = (*RATE_DIMENSIONS, "satisfaction", "compliance")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Window(_Strict):
+    days: int = Field(gt=0, le=730)
+    extended_days: int = Field(gt=0, le=730)
+    volume_threshold_orders: int = Field(ge=0)
+    half_life_days: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _extended_is_longer(self) -> Window:
+        if self.extended_days < self.days:
+            raise ValueError("extended_days must be >= days")
+        return self
+
+
+class Evidence(_Strict):
+    min_orders: int = Field(ge=0)
+    min_reviews: int = Field(ge=0)
+    confidence_level: float = Field(gt=0.5, lt=1.0)
+
+
+class RateDimension(_Strict):
+    weight: float = Field(ge=0)
+    prior_strength: float = Field(gt=0)
+    benchmark_multiple: float = Field(gt=1.0)
+    steepness: float = Field(gt=0)
+    min_category_rate: float = Field(gt=0, lt=1)
+
+
+class Satisfaction(_Strict):
+    weight: float = Field(ge=0)
+    prior_strength: float = Field(gt=0)
+    unverified_weight: float = Field(ge=0, le=1)
+
+
+class Compliance(_Strict):
+    weight: float = Field(ge=0)
+    expiring_within_days: int = Field(ge=0)
+    expiring_score: float = Field(ge=0, le=100)
+    expired_score: float = Field(ge=0, le=100)
+    missing_licence_regulated_score: float = Field(ge=0, le=100)
+    missing_licence_unregulated_score: float = Field(ge=0, le=100)
+    suspended_score: float = Field(ge=0, le=100)
+    closed_score: float = Field(ge=0, le=100)
+    new_merchant_days: int = Field(ge=0)
+    regulated_categories: list[str]
+
+
+class Dimensions(_Strict):
+    quality: RateDimension
+    description: RateDimension
+    after_sales: RateDimension
+    fulfilment: RateDimension
+    satisfaction: Satisfaction
+    compliance: Compliance
+
+    def weights(self) -> dict[str, float]:
+        """Composite weights by dimension, normalised to sum to 1."""
+        raw = {name: getattr(self, name).weight for name in DIMENSIONS}
+        total = sum(raw.values())
+        return {k: v / total for k, v in raw.items()}
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> Dimensions:
+        if sum(getattr(self, n).weight for n in DIMENSIONS) <= 0:
+            raise ValueError("at least one dimension needs a positive weight")
+        return self
+
+
+class AfterSales(_Strict):
+    response_deadline_hours: float = Field(gt=0)
+    resolution_deadline_days: float = Field(gt=0)
+    return_resolution_deadline_days: float = Field(gt=0)
+    escalation_channels: list[str]
+
+
+class Description(_Strict):
+    mismatch_max_rating: int = Field(ge=1, le=5)
+    mismatch_lexicon: list[str] = Field(min_length=1)
+
+
+class Tier(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    min_score: float = Field(ge=0, le=100)
+
+
+class Reasons(_Strict):
+    max_codes: int = Field(ge=1, le=6)
+    min_points_lost: float = Field(ge=0)
+
+
+class Gate(_Strict):
+    file_failure: Literal["fail_run", "skip_file"]
+    max_quarantine_share: float = Field(ge=0, le=1)
+    volume_band: tuple[float, float]
+    volume_min_history_days: int = Field(ge=1)
+    volume_history_days: int = Field(ge=1)
+    expected_daily_sources: list[Literal["merchants", "sales", "reviews", "complaints", "returns"]]
+    override: bool = False
+
+    @model_validator(mode="after")
+    def _band_ordered(self) -> Gate:
+        lo, hi = self.volume_band
+        if not 0 <= lo < 1 < hi:
+            raise ValueError("volume_band must be [low < 1, high > 1]")
+        return self
+
+
+class Manipulation(_Strict):
+    burst_min_reviews: int = Field(ge=1)
+    burst_multiple: float = Field(gt=1)
+    duplicate_text_min: int = Field(ge=2)
+    suspicious_weight: float = Field(ge=0, le=1)
+
+
+class Policy(_Strict):
+    """A validated policy file. See ``transforms/policies/active.yaml``."""
+
+    version: str = Field(min_length=1)
+    window: Window
+    evidence: Evidence
+    dimensions: Dimensions
+    after_sales: AfterSales
+    description: Description
+    tiers: list[Tier] = Field(min_length=2)
+    insufficient_evidence_tier: str
+    reasons: Reasons
+    gate: Gate
+    manipulation: Manipulation
+    shards: int = Field(ge=1, le=1024)
+    #: sha256 of the file's bytes, filled on load, so a manifest pins the exact text.
+    digest: str = ""
+
+    @model_validator(mode="after")
+    def _tiers_descend(self) -> Policy:
+        scores = [t.min_score for t in self.tiers]
+        if scores != sorted(scores, reverse=True) or len(set(scores)) != len(scores):
+            raise ValueError("tiers must be ordered best to worst with strictly decreasing min_score")
+        if scores[-1] != 0:
+            raise ValueError("the last tier must have min_score 0 so every score has a tier")
+        names = [t.name for t in self.tiers]
+        if len(set(names)) != len(names) or self.insufficient_evidence_tier in names:
+            raise ValueError("tier names must be unique and differ from insufficient_evidence_tier")
+        return self
+
+    @property
+    def tier_names(self) -> list[str]:
+        """Tier names best to worst, then the insufficient-evidence tier."""
+        return [t.name for t in self.tiers] + [self.insufficient_evidence_tier]
+
+
+def default_policy_path() -> Path:
+    """Path of the packaged active policy file."""
+    return Path(str(resources.files("transforms") / "policies" / "active.yaml"))
+
+
+def load_policy(path: Path | str | None = None) -> Policy:
+    """Load and validate a policy file.
+
+    Parameters
+    ----------
+    path
+        YAML file; ``None`` loads the packaged active policy.
+
+    Raises
+    ------
+    PolicyError
+        When the file is missing, is not YAML, or a key is unknown or invalid; the
+        message names the key path (for example ``dimensions.quality.weight``).
+    """
+    p = Path(path) if path is not None else default_policy_path()
+    try:
+        raw_bytes = p.read_bytes()
+    except OSError as exc:
+        raise PolicyError(f"cannot read policy file {p}: {exc.strerror}",
+                          hint="check REPUTATION_POLICY_PATH") from None
+    try:
+        data = yaml.safe_load(raw_bytes)
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"policy file {p} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise PolicyError(f"policy file {p} must be a mapping of keys")
+    data["digest"] = hashlib.sha256(raw_bytes).hexdigest()
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
+        )
+        raise PolicyError(f"policy file {p} is invalid: {problems}",
+                          hint="fix the named key; see docs/scoring.md for each key's meaning") from None

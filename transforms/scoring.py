@@ -1,0 +1,458 @@
+"""Per-merchant credibility scores: pure Polars, LazyFrames in, LazyFrames out.
+
+Grain of the result: one row per merchant in the registry as of ``score_date``.
+
+Every dimension is a measured rate or mean with its evidence beside it:
+
+* rate dimensions (quality, description, after_sales, fulfilment): a bad-event
+  count over an exposure (orders, or handled cases for after-sales), time-decayed
+  inside the window, shrunk toward the category's pooled rate with a stated prior
+  strength, with a Wilson interval on the raw counts, and a percentile within the
+  category. The sub-score is ``100 / (1 + (rate / (k * category_rate)) ** g)``:
+  80 at the category rate, 50 at ``k`` times it, 100 with no bad events.
+* satisfaction: a Bayesian average rating (prior: the category's mean rating with
+  ``prior_strength`` pseudo-reviews), verified purchases weighing more.
+* compliance: licence state, registry status and tenure.
+
+All formulas are documented in ``docs/scoring.md`` with the policy's numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+import polars as pl
+
+from transforms.policy import DIMENSIONS, RATE_DIMENSIONS, Policy
+
+#: Review weights under ``discount`` columns come from campaign detection (1.0 = kept).
+MS_PER_HOUR = 3_600_000_000  # microseconds per hour (timestamps are µs)
+
+
+@dataclass(frozen=True)
+class ScoringInputs:
+    """Current (as-of) staged frames for one score date, already limited to the window."""
+
+    registry: pl.LazyFrame     # merchants: merchant_id, name, category, registered_on, license_expires_on, status
+    sales: pl.LazyFrame        # merchant_id, date, orders, late_shipments, cancellations
+    reviews: pl.LazyFrame      # merchant_id, rating, text, created_at, verified_purchase, reviewer_id, review_id
+    complaints: pl.LazyFrame   # current version of each complaint
+    returns: pl.LazyFrame      # current version of each return
+
+
+def z_value(level: float) -> float:
+    """Two-sided normal quantile for a confidence level (e.g. 0.95 -> 1.95996)."""
+    # Acklam's rational approximation is enough (error < 1e-9) and avoids scipy.
+    p = 1 - (1 - level) / 2
+    a = [-3.969683028665376e01, 2.209460984245205e02, -2.759285104469687e02, 1.383577518672690e02,
+         -3.066479806614716e01, 2.506628277459239e00]
+    b = [-5.447609879822406e01, 1.615858368580409e02, -1.556989798598866e02, 6.680131188771972e01,
+         -1.328068155288572e01]
+    c = [-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e00, -2.549732539343734e00,
+         4.374664141464968e00, 2.938163982698783e00]
+    d = [7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00]
+    if p > 1 - 0.02425:
+        q = math.sqrt(-2 * math.log(1 - p))
+        return -(((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / \
+            ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1)
+    q = p - 0.5
+    r = q * q
+    return (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q / \
+        (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1)
+
+
+def wilson_bounds(successes: pl.Expr, trials: pl.Expr, z: float) -> tuple[pl.Expr, pl.Expr]:
+    """Wilson score interval for a binomial rate; ``(0, 1)`` when there are no trials."""
+    n = trials.cast(pl.Float64)
+    p = (successes.cast(pl.Float64) / n).clip(0.0, 1.0)
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)).sqrt()) / denom
+    lo = pl.when(n > 0).then((centre - half).clip(0.0, 1.0)).otherwise(0.0)
+    hi = pl.when(n > 0).then((centre + half).clip(0.0, 1.0)).otherwise(1.0)
+    return lo, hi
+
+
+def decay_weight(age_days: pl.Expr, half_life_days: float) -> pl.Expr:
+    """Exponential decay: weight 1 today, 0.5 after one half-life."""
+    return (age_days.cast(pl.Float64) * (-math.log(2) / half_life_days)).exp()
+
+
+def rate_subscore(rate: pl.Expr, category_rate: pl.Expr, multiple: float, steepness: float) -> pl.Expr:
+    """Map a bad-event rate to 0–100 relative to its category (80 at the category rate)."""
+    return 100.0 / (1.0 + (rate / (category_rate * multiple)).pow(steepness))
+
+
+def mismatch_pattern(lexicon: list[str]) -> str:
+    """A case-insensitive regex matching any lexicon phrase literally."""
+    import re
+
+    return "(?i)(" + "|".join(re.escape(w) for w in lexicon) + ")"
+
+
+def _window_frame(score_date: date, policy: Policy) -> tuple[date, date]:
+    w = policy.window
+    return score_date - timedelta(days=w.extended_days - 1), score_date - timedelta(days=w.days - 1)
+
+
+def merchant_windows(sales: pl.LazyFrame, registry: pl.LazyFrame, score_date: date, policy: Policy) -> pl.LazyFrame:
+    """Per merchant, the look-back used: the short window if it holds enough orders.
+
+    Columns: merchant_id, window_days, window_start.
+    """
+    w = policy.window
+    _, short_start = _window_frame(score_date, policy)
+    recent = (sales.filter(pl.col("date") >= short_start)
+              .group_by("merchant_id").agg(pl.col("orders").sum().alias("_short_orders")))
+    return (registry.select("merchant_id").join(recent, on="merchant_id", how="left")
+            .with_columns(
+                pl.when(pl.col("_short_orders").fill_null(0) >= w.volume_threshold_orders)
+                .then(pl.lit(w.days)).otherwise(pl.lit(w.extended_days)).cast(pl.Int32).alias("window_days"))
+            .with_columns((pl.lit(score_date) - pl.duration(days=pl.col("window_days") - 1)).dt.date()
+                          .alias("window_start"))
+            .drop("_short_orders"))
+
+
+def _in_window(frame: pl.LazyFrame, day_col: pl.Expr, windows: pl.LazyFrame, score_date: date,
+               half_life: float) -> pl.LazyFrame:
+    return (frame.with_columns(day_col.alias("_event_day"))
+            .join(windows.select("merchant_id", "window_start"), on="merchant_id", how="inner")
+            .filter((pl.col("_event_day") >= pl.col("window_start")) & (pl.col("_event_day") <= score_date))
+            .with_columns(decay_weight((pl.lit(score_date) - pl.col("_event_day")).dt.total_days(), half_life)
+                          .alias("_w")))
+
+
+def compute_evidence(inputs: ScoringInputs, score_date: date, as_of_end: datetime, policy: Policy,
+                     tz: str) -> pl.LazyFrame:
+    """Per-merchant evidence counts and measures inside each merchant's window.
+
+    ``as_of_end`` is the end of the business day ``score_date`` (UTC): "now" for
+    deadlines, so a rerun gives the same answer whatever the wall clock says.
+    """
+    windows = merchant_windows(inputs.sales, inputs.registry, score_date, policy)
+    hl = policy.window.half_life_days
+    now = pl.lit(as_of_end).dt.cast_time_unit("us").dt.replace_time_zone("UTC") \
+        if as_of_end.tzinfo is None else pl.lit(as_of_end).dt.cast_time_unit("us")
+    a = policy.after_sales
+
+    sales = _in_window(inputs.sales, pl.col("date"), windows, score_date, hl)
+    s_agg = sales.group_by("merchant_id").agg(
+        pl.col("orders").sum().alias("orders_count"),
+        pl.col("late_shipments").sum().alias("late_shipment_count"),
+        pl.col("cancellations").sum().alias("cancellation_count"),
+        (pl.col("orders") * pl.col("_w")).sum().alias("_orders_w"),
+        ((pl.col("late_shipments") + pl.col("cancellations")) * pl.col("_w")).sum().alias("_fulfil_bad_w"),
+    )
+
+    returns = _in_window(inputs.returns, pl.col("requested_at").dt.convert_time_zone(tz).dt.date(), windows,
+                         score_date, hl)
+    ret_deadline_us = int(a.return_resolution_deadline_days * 24) * MS_PER_HOUR
+    resolution_us = (pl.col("resolved_at") - pl.col("requested_at")).dt.total_microseconds()
+    ret_fail = (
+        ((pl.col("status") == "rejected") & pl.col("reason").is_in(
+            ["quality_defect", "not_as_described", "damaged", "wrong_item"]))
+        | (pl.col("resolved_at").is_null() & pl.col("status").is_in(["requested", "approved"])
+           & ((now - pl.col("requested_at")).dt.total_microseconds() > ret_deadline_us))
+        | (resolution_us > ret_deadline_us)
+    )
+    r_agg = returns.group_by("merchant_id").agg(
+        pl.len().alias("return_count"),
+        pl.col("reason").is_in(["quality_defect", "damaged"]).sum().alias("defect_return_count"),
+        (pl.col("reason") == "not_as_described").sum().alias("nad_return_count"),
+        (pl.col("status") == "rejected").sum().alias("rejected_return_count"),
+        (resolution_us / MS_PER_HOUR).median().alias("return_resolution_hours_median"),
+        (pl.col("reason").is_in(["quality_defect", "damaged"]) * pl.col("_w")).sum().alias("_defect_ret_w"),
+        ((pl.col("reason") == "not_as_described") * pl.col("_w")).sum().alias("_nad_ret_w"),
+        (ret_fail * pl.col("_w")).sum().alias("_ret_fail_w"),
+        ret_fail.sum().alias("_ret_fail"),
+        pl.col("_w").sum().alias("_ret_w"),
+    )
+
+    complaints = _in_window(inputs.complaints, pl.col("opened_at").dt.convert_time_zone(tz).dt.date(), windows,
+                            score_date, hl)
+    resp_us = (pl.col("first_response_at") - pl.col("opened_at")).dt.total_microseconds()
+    age_us = (now - pl.col("opened_at")).dt.total_microseconds()
+    resp_deadline_us = int(a.response_deadline_hours) * MS_PER_HOUR
+    res_deadline_us = int(a.resolution_deadline_days * 24) * MS_PER_HOUR
+    escalated = (pl.col("status") == "escalated") | pl.col("channel").is_in(a.escalation_channels)
+    no_response = (pl.col("first_response_at").is_null() & (age_us > resp_deadline_us)) | (resp_us > resp_deadline_us)
+    unresolved_late = (pl.col("status").is_in(["open", "escalated"]) & (age_us > res_deadline_us)) | (
+        (pl.col("resolved_at") - pl.col("opened_at")).dt.total_microseconds() > res_deadline_us)
+    c_fail = escalated | no_response.fill_null(False) | unresolved_late.fill_null(False)
+    c_agg = complaints.group_by("merchant_id").agg(
+        pl.len().alias("complaint_count"),
+        pl.col("complainant_id").n_unique().alias("complainant_distinct_count"),
+        pl.col("category").is_in(["quality", "counterfeit"]).sum().alias("quality_complaint_count"),
+        (pl.col("category") == "not_as_described").sum().alias("nad_complaint_count"),
+        (resp_us / MS_PER_HOUR).median().alias("first_response_hours_median"),
+        (resp_us / MS_PER_HOUR).quantile(0.9, "nearest").alias("first_response_hours_p90"),
+        (pl.col("status") == "resolved").sum().alias("resolved_complaint_count"),
+        unresolved_late.fill_null(False).sum().alias("unresolved_past_deadline_count"),
+        no_response.fill_null(False).sum().alias("no_timely_response_count"),
+        escalated.sum().alias("escalated_complaint_count"),
+        (pl.col("category").is_in(["quality", "counterfeit"]) * pl.col("_w")).sum().alias("_quality_c_w"),
+        ((pl.col("category") == "not_as_described") * pl.col("_w")).sum().alias("_nad_c_w"),
+        (c_fail * pl.col("_w")).sum().alias("_c_fail_w"),
+        c_fail.sum().alias("_c_fail"),
+        pl.col("_w").sum().alias("_c_w"),
+    )
+
+    pattern = mismatch_pattern(policy.description.mismatch_lexicon)
+    reviews = _in_window(inputs.reviews, pl.col("created_at").dt.convert_time_zone(tz).dt.date(), windows,
+                         score_date, hl)
+    sat = policy.dimensions.satisfaction
+    rw = pl.col("_w") * pl.when(pl.col("verified_purchase")).then(1.0).otherwise(sat.unverified_weight) \
+        * pl.col("review_weight")
+    mismatch = (pl.col("rating") <= policy.description.mismatch_max_rating) & \
+        pl.col("text").fill_null("").str.contains(pattern)
+    v_agg = reviews.group_by("merchant_id").agg(
+        pl.len().alias("review_count"),
+        pl.col("verified_purchase").sum().alias("verified_review_count"),
+        pl.col("rating").cast(pl.Float64).mean().alias("rating_mean_raw"),
+        (pl.col("rating") <= 2).sum().alias("low_rating_count"),
+        mismatch.sum().alias("mismatch_review_count"),
+        (mismatch * pl.col("_w") * pl.col("review_weight")).sum().alias("_mismatch_w"),
+        (pl.col("rating") * rw).sum().alias("_rating_sum_w"),
+        rw.sum().alias("_rating_w"),
+        (pl.col("review_weight") < 1.0).sum().alias("discounted_review_count"),
+        pl.col("discount_reason").drop_nulls().unique().sort().alias("discount_reasons"),
+    )
+
+    return (inputs.registry.join(windows, on="merchant_id", how="left")
+            .join(s_agg, on="merchant_id", how="left")
+            .join(r_agg, on="merchant_id", how="left")
+            .join(c_agg, on="merchant_id", how="left")
+            .join(v_agg, on="merchant_id", how="left"))
+
+
+_COUNT_COLS = ["orders_count", "late_shipment_count", "cancellation_count", "return_count", "defect_return_count",
+               "nad_return_count", "rejected_return_count", "complaint_count", "complainant_distinct_count",
+               "quality_complaint_count", "nad_complaint_count", "resolved_complaint_count",
+               "unresolved_past_deadline_count", "no_timely_response_count", "escalated_complaint_count",
+               "review_count", "verified_review_count", "low_rating_count", "mismatch_review_count",
+               "discounted_review_count", "_ret_fail", "_c_fail"]
+_WEIGHT_COLS = ["_orders_w", "_fulfil_bad_w", "_defect_ret_w", "_nad_ret_w", "_ret_fail_w", "_ret_w",
+                "_quality_c_w", "_nad_c_w", "_c_fail_w", "_c_w", "_mismatch_w", "_rating_sum_w", "_rating_w"]
+
+
+def score_merchants(evidence: pl.LazyFrame, score_date: date, policy: Policy) -> pl.LazyFrame:
+    """Turn evidence into dimension sub-scores, the composite, tier and reasons.
+
+    Parameters
+    ----------
+    evidence
+        Output of :func:`compute_evidence` (one row per registered merchant).
+    score_date
+        The business day scored.
+    policy
+        The validated policy.
+    """
+    z = z_value(policy.evidence.confidence_level)
+    dims = policy.dimensions
+    ev = evidence.with_columns(
+        [pl.col(c).fill_null(0).cast(pl.Int64) for c in _COUNT_COLS]
+        + [pl.col(c).fill_null(0.0).cast(pl.Float64) for c in _WEIGHT_COLS]
+        + [pl.col("discount_reasons").fill_null(pl.lit([], pl.List(pl.String)))]
+    )
+    # Numerators and exposures per rate dimension: (raw bad, raw exposure, weighted bad, weighted exposure).
+    ev = ev.with_columns(
+        (pl.col("defect_return_count") + pl.col("quality_complaint_count")).alias("quality_defect_count"),
+        (pl.col("_defect_ret_w") + pl.col("_quality_c_w")).alias("_quality_bad_w"),
+        (pl.col("nad_return_count") + pl.col("nad_complaint_count") + pl.col("mismatch_review_count"))
+        .alias("description_mismatch_count"),
+        (pl.col("_nad_ret_w") + pl.col("_nad_c_w") + pl.col("_mismatch_w")).alias("_description_bad_w"),
+        (pl.col("_ret_fail") + pl.col("_c_fail")).alias("after_sales_failure_count"),
+        (pl.col("return_count") + pl.col("complaint_count")).alias("after_sales_case_count"),
+        (pl.col("_ret_fail_w") + pl.col("_c_fail_w")).alias("_after_sales_bad_w"),
+        (pl.col("_ret_w") + pl.col("_c_w")).alias("_after_sales_exp_w"),
+        (pl.col("late_shipment_count") + pl.col("cancellation_count")).alias("fulfilment_failure_count"),
+        pl.col("_fulfil_bad_w").alias("_fulfilment_bad_w"),
+    ).with_columns(
+        pl.col("orders_count").alias("quality_exposure_count"),
+        pl.col("orders_count").alias("description_exposure_count"),
+        pl.col("after_sales_case_count").alias("after_sales_exposure_count"),
+        pl.col("orders_count").alias("fulfilment_exposure_count"),
+        pl.col("_orders_w").alias("_quality_exp_w"),
+        pl.col("_orders_w").alias("_description_exp_w"),
+        pl.col("_orders_w").alias("_fulfilment_exp_w"),
+    )
+    num_col = {"quality": "quality_defect_count", "description": "description_mismatch_count",
+               "after_sales": "after_sales_failure_count", "fulfilment": "fulfilment_failure_count"}
+    # Category priors: pooled weighted rates, floored so a spotless category does not make
+    # one defect look catastrophic.
+    prior_exprs = []
+    for d in RATE_DIMENSIONS:
+        cfg = getattr(dims, d)
+        pooled = (pl.col(f"_{d}_bad_w").sum() / pl.col(f"_{d}_exp_w").sum()).fill_nan(None)
+        prior_exprs.append(pl.max_horizontal(pooled.fill_null(cfg.min_category_rate), pl.lit(cfg.min_category_rate))
+                           .over("category").alias(f"{d}_category_rate"))
+    rating_prior = (pl.col("_rating_sum_w").sum() / pl.col("_rating_w").sum()).over("category")
+    ev = ev.with_columns(*prior_exprs, rating_prior.fill_nan(None).fill_null(4.0).alias("category_rating_mean"))
+
+    cols: list[pl.Expr] = []
+    for d in RATE_DIMENSIONS:
+        cfg = getattr(dims, d)
+        bad, exp_ = pl.col(f"_{d}_bad_w"), pl.col(f"_{d}_exp_w")
+        shrunk = (bad + cfg.prior_strength * pl.col(f"{d}_category_rate")) / (exp_ + cfg.prior_strength)
+        raw_n, raw_k = pl.col(f"{d}_exposure_count"), pl.col(num_col[d])
+        lo, hi = wilson_bounds(raw_k.clip(upper_bound=raw_n), raw_n, z)
+        cols += [
+            pl.when(raw_n > 0).then((raw_k / raw_n).clip(0.0, 1.0)).otherwise(None).alias(f"{d}_rate"),
+            shrunk.alias(f"{d}_rate_shrunk"),
+            lo.alias(f"{d}_rate_ci_low"),
+            hi.alias(f"{d}_rate_ci_high"),
+            rate_subscore(shrunk, pl.col(f"{d}_category_rate"), cfg.benchmark_multiple, cfg.steepness)
+            .alias(f"{d}_score"),
+        ]
+    sat = dims.satisfaction
+    bayes = (pl.col("_rating_sum_w") + sat.prior_strength * pl.col("category_rating_mean")) / (
+        pl.col("_rating_w") + sat.prior_strength)
+    cols += [bayes.alias("rating_bayes_mean"), ((bayes - 1.0) / 4.0 * 100.0).clip(0, 100).alias("satisfaction_score")]
+    ev = ev.with_columns(cols)
+
+    comp = dims.compliance
+    regulated = pl.col("category").is_in(comp.regulated_categories)
+    licence_state = (
+        pl.when(pl.col("license_expires_on").is_null()).then(pl.lit("missing"))
+        .when(pl.col("license_expires_on") < score_date).then(pl.lit("expired"))
+        .when(pl.col("license_expires_on") <= score_date + timedelta(days=comp.expiring_within_days))
+        .then(pl.lit("expiring"))
+        .otherwise(pl.lit("valid"))
+    )
+    ev = ev.with_columns(
+        licence_state.alias("licence_state"),
+        regulated.alias("is_regulated_category"),
+        (pl.lit(score_date) - pl.col("registered_on")).dt.total_days().cast(pl.Int32).alias("tenure_days"),
+    )
+    licence_score = (
+        pl.when(pl.col("licence_state") == "valid").then(100.0)
+        .when(pl.col("licence_state") == "expiring").then(comp.expiring_score)
+        .when(pl.col("licence_state") == "expired").then(comp.expired_score)
+        .when(regulated).then(comp.missing_licence_regulated_score)
+        .otherwise(comp.missing_licence_unregulated_score)
+    )
+    status_score = (pl.when(pl.col("status") == "suspended").then(comp.suspended_score)
+                    .when(pl.col("status") == "closed").then(comp.closed_score).otherwise(100.0))
+    ev = ev.with_columns(pl.min_horizontal(licence_score, status_score).cast(pl.Float64).alias("compliance_score"))
+
+    weights = dims.weights()
+    composite = sum((pl.col(f"{d}_score") * w for d, w in weights.items()), pl.lit(0.0))
+    ev = ev.with_columns(composite.clip(0.0, 100.0).alias("score"))
+
+    # Percentile within the category (100 = best in category) for each rate dimension.
+    ev = ev.with_columns([
+        (100.0 * (pl.col(f"{d}_rate_shrunk").rank("max", descending=True).over("category") - 1)
+         / pl.max_horizontal(pl.len().over("category") - 1, pl.lit(1))).alias(f"{d}_category_percentile")
+        for d in RATE_DIMENSIONS
+    ])
+
+    ev = ev.with_columns(
+        ((pl.col("orders_count") >= policy.evidence.min_orders)
+         | (pl.col("review_count") >= policy.evidence.min_reviews)).alias("is_sufficient_evidence"))
+    ev = ev.with_columns(_confidence(policy).alias("evidence_confidence"))
+    ev = assign_tier(ev, policy)
+    ev = add_reasons(ev, policy)
+    return ev.with_columns(pl.lit(score_date).alias("score_date"), pl.lit(policy.version).alias("policy_version"))
+
+
+def _confidence(policy: Policy) -> pl.Expr:
+    """Evidence confidence in [0, 1]: how close the merchant is to a well-measured one."""
+    orders = pl.col("orders_count").cast(pl.Float64)
+    reviews = pl.col("review_count").cast(pl.Float64)
+    m = policy.evidence
+    return pl.max_horizontal(
+        (orders / (orders + 4.0 * max(m.min_orders, 1))), (reviews / (reviews + 4.0 * max(m.min_reviews, 1)))
+    ).clip(0.0, 1.0)
+
+
+def assign_tier(frame: pl.LazyFrame, policy: Policy) -> pl.LazyFrame:
+    """The score band (``raw_tier``) from the policy thresholds, and ``tier``.
+
+    ``tier`` is the band, except that a merchant without sufficient evidence gets
+    the policy's insufficient-evidence tier: no penalty is ever read off thin data.
+    """
+    expr: pl.Expr | pl.When | pl.Then | None = None
+    for t in policy.tiers:
+        cond = pl.col("score") >= t.min_score
+        expr = pl.when(cond).then(pl.lit(t.name)) if expr is None else expr.when(cond).then(pl.lit(t.name))  # type: ignore[union-attr]
+    band = expr.otherwise(pl.lit(policy.tiers[-1].name))  # type: ignore[union-attr]
+    return frame.with_columns(band.alias("raw_tier")).with_columns(
+        pl.when(pl.col("is_sufficient_evidence")).then(pl.col("raw_tier"))
+        .otherwise(pl.lit(policy.insufficient_evidence_tier)).alias("tier"))
+
+
+REASON_CODES: dict[str, str] = {
+    "quality": "quality_defect_rate_high",
+    "description": "description_mismatch_rate_high",
+    "after_sales": "after_sales_failure_rate_high",
+    "fulfilment": "fulfilment_failure_rate_high",
+    "satisfaction": "satisfaction_rating_low",
+    "compliance": "compliance_problem",
+}
+
+#: The sub-score a typical merchant earns (rate equal to the category's): reasons are
+#: points lost *against this benchmark*, so a normal merchant gets no reasons.
+BENCHMARK_SUBSCORE = 80.0
+
+
+def add_reasons(frame: pl.LazyFrame, policy: Policy) -> pl.LazyFrame:
+    """Reason codes: the dimensions that cost the most composite points vs the benchmark.
+
+    A dimension is a reason when it costs at least ``reasons.min_points_lost``
+    points against a typical merchant (sub-score 80); at most ``reasons.max_codes``
+    are listed, worst first. ``reason_details`` gives each one's value against its
+    category benchmark in words.
+    """
+    weights = policy.dimensions.weights()
+    lost = [
+        pl.struct(
+            pl.lit(REASON_CODES[d]).alias("code"),
+            (weights[d] * (pl.lit(100.0 if d == "compliance" else BENCHMARK_SUBSCORE) - pl.col(f"{d}_score")))
+            .alias("points"),
+            _detail(d).alias("detail"),
+        )
+        for d in DIMENSIONS
+    ]
+    ranked = (pl.concat_list(lost).list.eval(
+        pl.element().sort_by(pl.element().struct.field("points"), descending=True, maintain_order=True)
+    ).list.eval(
+        pl.element().filter(pl.element().struct.field("points") >= policy.reasons.min_points_lost)
+    ).list.head(policy.reasons.max_codes))
+    return frame.with_columns(ranked.alias("_reasons")).with_columns(
+        pl.col("_reasons").list.eval(pl.element().struct.field("code")).alias("reason_codes"),
+        pl.col("_reasons").list.eval(pl.element().struct.field("detail")).alias("reason_details"),
+        pl.col("_reasons").list.eval(pl.element().struct.field("points")).alias("reason_points"),
+    ).drop("_reasons")
+
+
+def _pct(col: str) -> pl.Expr:
+    return (pl.col(col) * 100).round(2).cast(pl.String) + pl.lit("%")
+
+
+def _detail(d: str) -> pl.Expr:
+    if d in RATE_DIMENSIONS:
+        label = {"quality": "defect rate", "description": "not-as-described rate",
+                 "after_sales": "after-sales failure rate", "fulfilment": "late or cancelled order rate"}[d]
+        return pl.concat_str([
+            pl.lit(f"{d}: {label} "), _pct(f"{d}_rate_shrunk").fill_null("n/a"),
+            pl.lit(" (raw "), pl.col(num_col_name(d)).cast(pl.String), pl.lit("/"),
+            pl.col(f"{d}_exposure_count").cast(pl.String), pl.lit(", interval "),
+            _pct(f"{d}_rate_ci_low"), pl.lit("–"), _pct(f"{d}_rate_ci_high"),
+            pl.lit(") vs category "), _pct(f"{d}_category_rate"),
+        ])
+    if d == "satisfaction":
+        return pl.concat_str([
+            pl.lit("satisfaction: adjusted rating "), pl.col("rating_bayes_mean").round(2).cast(pl.String),
+            pl.lit(" from "), pl.col("review_count").cast(pl.String), pl.lit(" reviews vs category "),
+            pl.col("category_rating_mean").round(2).cast(pl.String),
+        ])
+    return pl.concat_str([pl.lit("compliance: licence "), pl.col("licence_state"), pl.lit(", status "),
+                          pl.col("status")])
+
+
+def num_col_name(d: str) -> str:
+    """Numerator column of a rate dimension."""
+    return {"quality": "quality_defect_count", "description": "description_mismatch_count",
+            "after_sales": "after_sales_failure_count", "fulfilment": "fulfilment_failure_count"}[d]

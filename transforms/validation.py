@@ -1,0 +1,229 @@
+"""Row reasons, duplicates, versions and accounting: the relational half of validation.
+
+Great Expectations (:mod:`transforms.expectations`) judges each row on its own.
+The rules here need other rows: registry membership as of the delivery day,
+re-delivered duplicates, conflicting re-deliveries and newer versions. Together
+they guarantee that every row read is accounted for exactly once::
+
+    read = accepted + quarantined + duplicate + superseded
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from transforms.schemas import SOURCES, Source
+
+if TYPE_CHECKING:
+    from transforms.lake import Lake
+    from transforms.pipeline import RunContext
+
+ROW_ID = "_row_id"
+LINEAGE_ORDER = ["_dt", "_file", "_row_number"]
+
+
+def describe(code: str) -> str:
+    """A sentence for a reason code (quarantine rows carry both)."""
+    kind, _, col = code.partition(":")
+    texts = {
+        "missing_value": f"required value {col} is missing",
+        "unparseable": f"the value of {col} cannot be read as its type",
+        "non_finite": f"{col} is NaN or infinite",
+        "out_of_domain": f"{col} is not one of the allowed values",
+        "out_of_range": f"{col} is outside its allowed range",
+        "invalid_identifier": f"{col} is not 1–64 characters of [A-Za-z0-9_-]",
+        "invalid_format": f"{col} has an invalid format",
+        "text_too_long": f"{col} is longer than 10,000 characters",
+        "cross_field": f"cross-field rule broken: {col}",
+        "after_delivery": f"{col} is after the day the file was delivered",
+        "future_date": f"{col} is after the day the file was delivered",
+        "unknown_merchant": "merchant_id is not in the registry as of the delivery day",
+        "conflicting_duplicate": "another row with the same id but different values was delivered",
+    }
+    return texts.get(kind, code)
+
+
+def row_reasons(typed: pl.DataFrame, ge_failures: dict[str, list[int]], known: pl.DataFrame | None) -> pl.DataFrame:
+    """Attach ``reason_codes`` (sorted, unique) to every typed row.
+
+    Parameters
+    ----------
+    typed
+        Typed rows with ``_row_id`` and ``_parse_errors``.
+    ge_failures
+        Failing row ids per reason code, from the Great Expectations suite.
+    known
+        Registry membership: ``merchant_id``, ``first_seen`` (first delivery day).
+        ``None`` for the registry itself.
+    """
+    pairs = [(rid, code) for code, ids in ge_failures.items() for rid in ids]
+    ge = (pl.DataFrame(pairs, schema={ROW_ID: pl.Int64, "_code": pl.String}, orient="row")
+          .group_by(ROW_ID).agg(pl.col("_code").alias("_ge")))
+    out = typed.join(ge, on=ROW_ID, how="left").with_columns(
+        pl.concat_list(pl.col("_parse_errors"), pl.col("_ge").fill_null(pl.lit([], pl.List(pl.String))))
+        .alias("_codes"))
+    if known is not None and "merchant_id" in typed.columns:
+        out = out.join(known.rename({"merchant_id": "_m"}), left_on="merchant_id", right_on="_m", how="left")
+        unknown = pl.col("merchant_id").is_not_null() & (
+            pl.col("first_seen").is_null() | (pl.col("first_seen") > pl.col("_dt")))
+        out = out.with_columns(
+            pl.when(unknown).then(pl.concat_list(pl.col("_codes"), pl.lit(["unknown_merchant"])))
+            .otherwise(pl.col("_codes")).alias("_codes")).drop("first_seen")
+    # A value that was present but unreadable is reported once, as unparseable, not also as missing.
+    out = out.with_columns(
+        pl.col("_codes").list.eval(
+            pl.element().filter(~(
+                pl.element().str.starts_with("missing_value:")
+                & pl.element().str.replace("missing_value:", "unparseable:", literal=True)
+                .is_in(pl.element().filter(pl.element().str.starts_with("unparseable:")).implode())
+            ))
+        ).list.unique().list.sort().alias("reason_codes"))
+    return out.drop("_ge", "_codes")
+
+
+def row_hash(source: Source) -> pl.Expr:
+    """Content hash over the contract columns (lineage excluded)."""
+    return pl.struct([pl.col(c) for c in source.names]).hash(seed=0x5EED).alias("_row_hash")
+
+
+@dataclass
+class Outcome:
+    """The result of versioning one batch of typed rows against earlier deliveries."""
+
+    accepted: pl.DataFrame
+    quarantined: pl.DataFrame
+    duplicates: pl.DataFrame
+    first_seen: pl.DataFrame | None
+    all_rows: pl.DataFrame
+
+    def day_report(self, day: date) -> dict[str, Any]:
+        """Accounting of one delivery day at staging time."""
+        rows = self.all_rows.filter(pl.col("_dt") == day)
+        q = self.quarantined.filter(pl.col("_dt") == day)
+        by_reason = (q.select(pl.col("reason_codes").explode()).group_by("reason_codes").len()
+                     .sort("reason_codes"))
+        return {
+            "read": rows.height,
+            "quarantined": q.height,
+            "quarantined_by_reason": {r: int(n) for r, n in by_reason.iter_rows()},
+            "duplicate": self.duplicates.filter(pl.col("_dt") == day).height,
+            "accepted_at_staging": self.accepted.filter(pl.col("_dt") == day).height,
+        }
+
+
+def apply_versions(typed: pl.DataFrame, reasons: pl.DataFrame, prior: pl.LazyFrame | None,
+                   source: Source) -> Outcome:
+    """Split rows into accepted, quarantined and duplicate, honouring earlier deliveries.
+
+    * Immutable sources (reviews): the first delivery of an id wins; an identical
+      re-delivery is a ``duplicate``; a differing one is quarantined as
+      ``conflicting_duplicate``, and if two rows of one id differ on the *same*
+      delivery day, all of them are (nothing can tell which is right).
+    * Versioned sources: every distinct version is accepted (the newest wins at
+      scoring time, older ones count as superseded); an identical re-delivery is a
+      ``duplicate``.
+    """
+    del typed  # reasons already carries every typed column
+    rows = reasons.with_columns(row_hash(source))
+    invalid = rows.filter(pl.col("reason_codes").list.len() > 0)
+    valid = rows.filter(pl.col("reason_codes").list.len() == 0)
+    key = list(source.key)
+    cols = [*key, "_row_hash", *LINEAGE_ORDER]
+    prior_df = (prior.select(cols).collect(engine="in-memory") if prior is not None
+                else pl.DataFrame(schema={c: valid.schema[c] for c in cols}))
+    combined = pl.concat([prior_df.with_columns(pl.lit(-1, pl.Int64).alias(ROW_ID)),
+                          valid.select(*cols, ROW_ID)], how="vertical").sort(LINEAGE_ORDER)
+    if source.versioning == "immutable":
+        combined = combined.with_columns(
+            pl.col("_row_hash").first().over(key).alias("_origin_hash"),
+            pl.col("_dt").first().over(key).alias("_origin_dt"),
+            (pl.int_range(pl.len()).over(key) == 0).alias("_is_first"),
+        ).with_columns(
+            ((pl.col("_dt") == pl.col("_origin_dt")) & (pl.col("_row_hash") != pl.col("_origin_hash")))
+            .any().over(key).alias("_same_day_conflict"))
+        new = combined.filter(pl.col(ROW_ID) >= 0)
+        conflict = (~pl.col("_is_first") & (pl.col("_row_hash") != pl.col("_origin_hash"))) | (
+            pl.col("_same_day_conflict") & (pl.col("_dt") == pl.col("_origin_dt")))
+        dup = ~pl.col("_is_first") & (pl.col("_row_hash") == pl.col("_origin_hash")) & ~conflict
+        status = new.select(ROW_ID, pl.when(conflict).then(pl.lit("conflict")).when(dup).then(pl.lit("duplicate"))
+                            .otherwise(pl.lit("accepted")).alias("_status"))
+    else:
+        combined = combined.with_columns((pl.int_range(pl.len()).over([*key, "_row_hash"]) > 0).alias("_dup"))
+        status = combined.filter(pl.col(ROW_ID) >= 0).select(
+            ROW_ID, pl.when(pl.col("_dup")).then(pl.lit("duplicate")).otherwise(pl.lit("accepted")).alias("_status"))
+    valid = valid.join(status, on=ROW_ID, how="left")
+    conflicts = valid.filter(pl.col("_status") == "conflict").with_columns(
+        pl.lit(["conflicting_duplicate"]).alias("reason_codes"))
+    quarantined = pl.concat([invalid, conflicts.drop("_status")], how="vertical").with_columns(
+        pl.col("reason_codes").list.eval(pl.element().map_elements(describe, return_dtype=pl.String))
+        .alias("reasons"))
+    accepted = valid.filter(pl.col("_status") == "accepted").drop("_status")
+    duplicates = valid.filter(pl.col("_status") == "duplicate").drop("_status")
+    keep = [*source.names, *LINEAGE_ORDER, "_row_hash"]
+    accepted = accepted.select(keep).sort(LINEAGE_ORDER)
+    first_seen = None
+    if source.name == "merchants":
+        seen = pl.concat([prior_df.select("merchant_id", "_dt"), accepted.select("merchant_id", "_dt")])
+        first_seen = seen.group_by("merchant_id").agg(pl.col("_dt").min().alias("first_seen"))
+    return Outcome(accepted=accepted, quarantined=quarantined, duplicates=duplicates, first_seen=first_seen,
+                   all_rows=reasons.select("_dt"))
+
+
+def version_order(source: Source) -> list[str]:
+    """Columns that order versions of one key, oldest first."""
+    return ([source.version_column] if source.version_column else []) + LINEAGE_ORDER
+
+
+def current_versions(staged: pl.LazyFrame, source: Source) -> pl.LazyFrame:
+    """Keep the newest version of each key (``updated_at``, then delivery order)."""
+    return (staged.sort(version_order(source), nulls_last=False, maintain_order=True)
+            .unique(subset=list(source.key), keep="last", maintain_order=True))
+
+
+def superseded_by_day(staged: pl.LazyFrame, source: Source) -> pl.DataFrame:
+    """Per delivery day, how many staged rows are no longer the current version."""
+    order = version_order(source)
+    ranked = (staged.select(*source.key, *order).sort(order, nulls_last=False, maintain_order=True)
+              .with_columns((pl.int_range(pl.len()).over(list(source.key)) < pl.len().over(list(source.key)) - 1)
+                            .alias("_old")))
+    return ranked.group_by("_dt").agg(pl.col("_old").sum().alias("superseded")).collect(engine="in-memory")
+
+
+def accounting_as_of(lake: Lake, ctx: RunContext, source: str) -> dict[str, Any]:
+    """Read, accepted, quarantined, duplicate and superseded rows per delivery day, as of the score date."""
+    from transforms.pipeline import _resolved_staged_dirs
+
+    spec = SOURCES[source]
+    dirs = _resolved_staged_dirs(lake, ctx, source, None, ctx.day)
+    superseded: dict[date, int] = {}
+    if spec.versioning == "versioned" and dirs:
+        scan = lake.scan_partitions(dirs)
+        if scan is not None:
+            superseded = dict(superseded_by_day(scan, spec).iter_rows())
+    by_day: dict[str, Any] = {}
+    totals = {"read": 0, "accepted": 0, "quarantined": 0, "duplicate": 0, "superseded": 0}
+    by_reason: dict[str, int] = {}
+    for d in dirs:
+        rep = lake.read_json(f"{d}/_accounting.json")
+        if rep is None:
+            continue
+        day = date.fromisoformat(d.rsplit("dt=", 1)[1])
+        sup = int(superseded.get(day, 0))
+        entry = {"read": rep["read"], "accepted": rep["accepted_at_staging"] - sup, "quarantined": rep["quarantined"],
+                 "duplicate": rep["duplicate"], "superseded": sup,
+                 "quarantined_by_reason": rep["quarantined_by_reason"]}
+        entry["balanced"] = entry["read"] == (entry["accepted"] + entry["quarantined"] + entry["duplicate"]
+                                              + entry["superseded"])
+        by_day[day.isoformat()] = entry
+        for k in totals:
+            totals[k] += entry[k]
+        for r, n in rep["quarantined_by_reason"].items():
+            by_reason[r] = by_reason.get(r, 0) + n
+    totals_balanced = totals["read"] == totals["accepted"] + totals["quarantined"] + totals["duplicate"] + \
+        totals["superseded"]
+    return {"rows": totals | {"balanced": totals_balanced}, "quarantined_by_reason": by_reason,
+            "by_delivery_day": by_day}

@@ -24,8 +24,8 @@ from transforms.errors import ConfigError, NotFound, ReputationError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Merchant reputation pipeline: generate, run, explain and inspect nightly scores.")
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 RootOpt = Annotated[str | None, typer.Option("--root", help="Lake root (default: REPUTATION_ROOT or data/lake).")]
 DateOpt = Annotated[str, typer.Option("--date", help="Score date, YYYY-MM-DD.")]

@@ -175,7 +175,11 @@ def run_suite(frame: pl.DataFrame, suite: dict[str, Any], *, docs_dir: Path | No
         name=f"{suite['name']}_cp", validation_definitions=[vd], actions=actions,
         result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [ROW_ID],
                        "return_unexpected_index_query": False}))
-    pdf = frame.to_pandas()
+    # All timestamps are UTC by now; hand them to pandas naive so Great Expectations
+    # compares plain datetime64 values (tz-aware Series hit pandas deprecation paths).
+    naive = [pl.col(c).dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+             for c, t in frame.schema.items() if isinstance(t, pl.Datetime) and t.time_zone]
+    pdf = (frame.with_columns(naive) if naive else frame).to_pandas()
     res = cp.run(batch_parameters={"dataframe": pdf})
     out = SuiteResult(suite=suite["name"], success=bool(res.success), evaluated=frame.height)
     for vr in res.run_results.values():

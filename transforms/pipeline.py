@@ -262,14 +262,10 @@ def validate(ctx: RunContext, settings: Settings | None = None) -> RunContext:
         batch = typed.drop("_original", "_parse_errors", "_file", "_row_number").with_columns(end_expr.alias(DELIVERY_END))
         docs = lake.path(f"{ctx.work}/runs/data_docs")
         result = run_suite(batch, load_suite(source), docs_dir=docs, batch_name=source)
-        if source == "merchants":
-            known = None
         reasons = row_reasons(typed, result.row_failures, known)
         prior_dirs = _prior_staged_dirs(lake, ctx, source)
         prior = lake.scan_partitions(prior_dirs)
         outcome = apply_versions(typed, reasons, prior, spec)
-        if source == "merchants":
-            known = outcome.first_seen
         day_reports: dict[str, Any] = {}
         for d_iso in ctx.days_to_stage[source]:
             d = date.fromisoformat(d_iso)
@@ -289,6 +285,12 @@ def validate(ctx: RunContext, settings: Settings | None = None) -> RunContext:
             rep = outcome.day_report(d)
             lake.write_json(rep, f"{ctx.work}/{staged_dir(source, d)}/_accounting.json")
             day_reports[d_iso] = rep
+        if source == "merchants":
+            # Registry membership as of each delivery day: first day a merchant was delivered.
+            reg = lake.scan_partitions(_resolved_staged_dirs(lake, ctx, "merchants", None, ctx.day))
+            known = (reg.group_by("merchant_id").agg(pl.col("_dt").min().alias("first_seen"))
+                     .collect(engine="in-memory") if reg is not None
+                     else pl.DataFrame(schema={"merchant_id": pl.String, "first_seen": pl.Date}))
         validation[source] = {"suite": result.suite, "success": result.success,
                               "batch_failures": result.batch_failures, "evaluated_rows": result.evaluated,
                               "staged_days": day_reports}
@@ -377,6 +379,8 @@ def evaluate_gate(lake: Lake, ctx: RunContext, policy: Policy, files: dict[str, 
         checks.append(check)
         if not ok:
             tripped.append(check)
+    # File-level failures first: they are the root cause when both kinds trip.
+    tripped.sort(key=lambda c: not c["rule"].startswith("file:"))
     return {"passed": not tripped, "tripped": tripped, "checks": checks, "override": g.override}
 
 

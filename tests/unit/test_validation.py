@@ -1,0 +1,84 @@
+"""Row reasons, duplicates, conflicts and versions on small inline frames."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import polars as pl
+
+from transforms.schemas import SOURCES
+from transforms.validation import apply_versions, current_versions, row_reasons
+
+REV = SOURCES["reviews"]
+COM = SOURCES["complaints"]
+D1, D2 = date(2026, 3, 1), date(2026, 3, 2)
+
+
+def _reviews(rows: list[tuple[str, int, date, int]]) -> pl.DataFrame:
+    """(review_id, rating, dt, row_number) rows with every other column fixed."""
+    return pl.DataFrame({
+        "review_id": [r[0] for r in rows], "merchant_id": ["M1"] * len(rows), "order_id": [None] * len(rows),
+        "reviewer_id": ["p_x"] * len(rows), "rating": [r[1] for r in rows], "text": [None] * len(rows),
+        "created_at": [None] * len(rows), "verified_purchase": [True] * len(rows),
+        "_parse_errors": [[] for _ in rows], "_dt": [r[2] for r in rows], "_file": ["f.csv"] * len(rows),
+        "_row_number": [r[3] for r in rows],
+    }, schema_overrides={"order_id": pl.String, "text": pl.String, "created_at": pl.Datetime("us", "UTC"),
+                         "_parse_errors": pl.List(pl.String)}).with_columns(
+        pl.int_range(pl.len(), dtype=pl.Int64).alias("_row_id"))
+
+
+def test_reasons_merge_parse_errors_suite_failures_and_registry() -> None:
+    df = _reviews([("R1", 5, D1, 1), ("R2", 9, D1, 2), ("R3", 5, D1, 3)]).with_columns(
+        pl.Series("_parse_errors", [["unparseable:created_at"], [], []]),
+        pl.Series("merchant_id", ["M1", "M1", "GHOST"]))
+    known = pl.DataFrame({"merchant_id": ["M1"], "first_seen": [D1]})
+    out = row_reasons(df, {"out_of_range:rating": [1], "missing_value:created_at": [0, 1, 2]}, known)
+    codes = out["reason_codes"].to_list()
+    # A value that was present but unreadable is not also reported as missing.
+    assert codes[0] == ["unparseable:created_at"]
+    assert codes[1] == ["missing_value:created_at", "out_of_range:rating"]
+    assert codes[2] == ["missing_value:created_at", "unknown_merchant"]
+
+
+def test_merchant_registered_after_the_delivery_day_is_unknown_then() -> None:
+    df = _reviews([("R1", 5, D1, 1)])
+    known = pl.DataFrame({"merchant_id": ["M1"], "first_seen": [D2]})
+    assert row_reasons(df, {}, known)["reason_codes"][0].to_list() == ["unknown_merchant"]
+
+
+def _outcome(batch: pl.DataFrame, prior: pl.DataFrame | None = None) -> tuple[list[str], list[str], list[str]]:
+    reasons = row_reasons(batch, {}, None)
+    out = apply_versions(batch, reasons, prior.lazy() if prior is not None else None, REV)
+    key = lambda f: sorted(f"{r}@{n}" for r, n in zip(f["review_id"], f["_row_number"], strict=True))  # noqa: E731
+    return key(out.accepted), key(out.duplicates), key(out.quarantined)
+
+
+def test_identical_redelivery_is_a_duplicate_and_a_differing_one_a_conflict() -> None:
+    day1 = _reviews([("R1", 5, D1, 1), ("R2", 4, D1, 2)])
+    acc, dup, quar = _outcome(day1)
+    assert (acc, dup, quar) == (["R1@1", "R2@2"], [], [])
+    prior = apply_versions(day1, row_reasons(day1, {}, None), None, REV).accepted
+    day2 = _reviews([("R1", 5, D2, 1), ("R2", 1, D2, 2), ("R3", 3, D2, 3)])
+    acc, dup, quar = _outcome(day2, prior)
+    assert acc == ["R3@3"]
+    assert dup == ["R1@1"]
+    assert quar == ["R2@2"]  # the first delivery of R2 stays accepted: reviews are never deleted
+
+
+def test_two_different_rows_with_one_id_on_the_same_day_are_both_quarantined() -> None:
+    acc, dup, quar = _outcome(_reviews([("R1", 5, D1, 1), ("R1", 1, D1, 2), ("R1", 5, D1, 3)]))
+    assert acc == []
+    assert quar == ["R1@1", "R1@2", "R1@3"]
+
+
+def test_newest_complaint_version_wins_by_updated_at_then_delivery() -> None:
+    from datetime import UTC, datetime
+
+    df = pl.DataFrame({
+        "complaint_id": ["C1", "C1", "C1", "C2"], "status": ["open", "resolved", "escalated", "open"],
+        "updated_at": [datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 3, tzinfo=UTC),
+                       datetime(2026, 3, 2, tzinfo=UTC), None],
+        "_dt": [D1, D2, D2, D1], "_file": ["a", "a", "b", "a"], "_row_number": [1, 1, 1, 2],
+    })
+    cur = current_versions(df.lazy(), COM).collect().sort("complaint_id")
+    assert cur["status"].to_list() == ["resolved", "open"]

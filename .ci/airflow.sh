@@ -17,7 +17,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES=False
 # Quiet, local defaults; any of them can be overridden from the environment.
 export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-4}"
 export AIRFLOW__LOGGING__COLORED_CONSOLE_LOG="${AIRFLOW__LOGGING__COLORED_CONSOLE_LOG:-False}"
-export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore::DeprecationWarning,ignore::FutureWarning}"
+export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore::DeprecationWarning,ignore::FutureWarning,ignore:Could not import graphviz:UserWarning}"
 
 if [[ -x "$REPO/.venv/bin/airflow" ]]; then
   AIRFLOW="$REPO/.venv/bin/airflow"

@@ -29,7 +29,7 @@ from airflow.sdk import dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 from assets import MERCHANT_SCORES, lake_root
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("reputation.airflow")
 
 
 @dag(

@@ -57,7 +57,7 @@ from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_conte
 from airflow.sdk.exceptions import AirflowFailException
 from assets import MERCHANT_SCORES, lake_root
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("reputation.airflow")
 
 #: Parse-time settings (cheap: environment only).
 BUSINESS_TZ = os.environ.get("REPUTATION_BUSINESS_TIMEZONE") or "UTC"
@@ -192,9 +192,9 @@ def merchant_reputation() -> None:
                              requested=context["params"].get("score_date"))
         log.info("%s run %s scores %s (business time zone %s)", run_type, dag_run.run_id, day, BUSINESS_TZ)
         _quiet_libraries()
+        from transforms import pipeline
         from transforms.errors import ConfigError
         from transforms.lake import Lake
-        from transforms import pipeline
 
         root = lake_root()
         try:

@@ -183,7 +183,8 @@ def render_text(data: dict[str, Any], console: Any) -> None:
                     highlight=False, markup=False)
     r = cf["rolloff"]
     c.print(f"old evidence: the oldest day in the window ({r['oldest_evidence_day']}) drops out on "
-            f"{r['oldest_evidence_leaves_on']}; everything counted today is gone by {r['all_current_evidence_gone_by']} "
+            f"{r['oldest_evidence_leaves_on']}; everything counted today is gone by "
+            f"{r['all_current_evidence_gone_by']} "
             f"(and weighs half after {r['half_life_days']:g} days)", highlight=False, markup=False)
 
 

@@ -239,7 +239,7 @@ class Lake:
         files = [f for d in rel_dirs for f in self.parquet_files(d)]
         if not files:
             return None
-        return pl.scan_parquet(files, schema=schema)  # type: ignore[arg-type]
+        return pl.scan_parquet(files, schema=schema)
 
     def partitions(self, table: str, key: str) -> list[date]:
         """Dates of the published partitions ``<table>/<key>=YYYY-MM-DD``."""
@@ -278,7 +278,7 @@ class Lake:
         data = self.read_json(f"_journal/{journal_key}.json")
         if data is None:
             return False
-        self._apply([tuple(s) for s in data["switches"]])  # type: ignore[misc]
+        self._apply([(str(a), str(b)) for a, b in data["switches"]])
         self.path(f"_journal/{journal_key}.json").unlink()
         return True
 

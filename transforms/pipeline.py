@@ -248,18 +248,17 @@ def validate(ctx: RunContext, settings: Settings | None = None) -> RunContext:
     lake = Lake(ctx.root)
     policy = _policy(ctx)
     files = lake.read_json(f"{ctx.work}/files.json")
-    tz = st.business_timezone
     validation: dict[str, Any] = {}
     known: pl.DataFrame | None = None
     for source in STAGE_ORDER:
         spec = SOURCES[source]
         typed = pl.read_parquet(lake.path(f"{ctx.work}/typed/{source}.parquet"))
         typed = typed.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias(ROW_ID))
-        end_expr = pl.col("_dt").map_elements(lambda d: business_day_bounds(d, st.tz)[1], return_dtype=pl.Datetime("us", "UTC"))
-        if typed.height:
-            ends = {d: business_day_bounds(d, st.tz)[1] for d in typed.get_column("_dt").unique().to_list()}
-            end_expr = pl.col("_dt").replace_strict(ends, return_dtype=pl.Datetime("us", "UTC"))
-        batch = typed.drop("_original", "_parse_errors", "_file", "_row_number").with_columns(end_expr.alias(DELIVERY_END))
+        # End of each delivery day in the business time zone, as a UTC instant.
+        ends = {d: business_day_bounds(d, st.tz)[1] for d in typed.get_column("_dt").unique().to_list()}
+        end_expr = pl.col("_dt").replace_strict(ends, default=None, return_dtype=pl.Datetime("us", "UTC"))
+        batch = (typed.drop("_original", "_parse_errors", "_file", "_row_number")
+                 .with_columns(end_expr.alias(DELIVERY_END)))
         docs = lake.path(f"{ctx.work}/runs/data_docs")
         result = run_suite(batch, load_suite(source), docs_dir=docs, batch_name=source)
         reasons = row_reasons(typed, result.row_failures, known)
@@ -496,7 +495,8 @@ def publish(ctx: RunContext, settings: Settings | None = None) -> RunResult:
         lake.commit(switches, f"score_date={ctx.score_date}")
     _cleanup_attempt(lake, ctx)
     _timed(ctx, "publish", t0)
-    return RunResult(ctx.day, "published", 0, ctx.run_id, str(lake.path(f"runs/score_date={ctx.score_date}/manifest.json")),
+    manifest_path = str(lake.path(f"runs/score_date={ctx.score_date}/manifest.json"))
+    return RunResult(ctx.day, "published", 0, ctx.run_id, manifest_path,
                      f"published {scores.height} scores for {ctx.score_date}", manifest)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Any
 
 import polars as pl
 
@@ -373,11 +374,11 @@ def assign_tier(frame: pl.LazyFrame, policy: Policy) -> pl.LazyFrame:
     ``tier`` is the band, except that a merchant without sufficient evidence gets
     the policy's insufficient-evidence tier: no penalty is ever read off thin data.
     """
-    expr: pl.Expr | pl.When | pl.Then | None = None
+    expr: Any = None
     for t in policy.tiers:
         cond = pl.col("score") >= t.min_score
-        expr = pl.when(cond).then(pl.lit(t.name)) if expr is None else expr.when(cond).then(pl.lit(t.name))  # type: ignore[union-attr]
-    band = expr.otherwise(pl.lit(policy.tiers[-1].name))  # type: ignore[union-attr]
+        expr = pl.when(cond).then(pl.lit(t.name)) if expr is None else expr.when(cond).then(pl.lit(t.name))
+    band = expr.otherwise(pl.lit(policy.tiers[-1].name))
     return frame.with_columns(band.alias("raw_tier")).with_columns(
         pl.when(pl.col("is_sufficient_evidence")).then(pl.col("raw_tier"))
         .otherwise(pl.lit(policy.insufficient_evidence_tier)).alias("tier"))

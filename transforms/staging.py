@@ -200,13 +200,10 @@ def type_frame(raw: pl.DataFrame, source: Source, rel: str, dt: date) -> pl.Data
     typed_cols: list[pl.Expr] = []
     error_exprs: list[pl.Expr] = []
     for column in source.columns:
-        target = pl.Datetime("us", "UTC") if column.kind == "timestamp" else None
         if column.name not in schema:
-            dtype = {"timestamp": target, "date": pl.Date(), "int": pl.Int64(), "float": pl.Float64(),
-                     "bool": pl.Boolean(), "string": pl.String()}[column.kind]
-            typed_cols.append(pl.lit(None, dtype).alias(column.name))
+            typed_cols.append(pl.lit(None, source.polars_schema()[column.name]).alias(column.name))
             continue
-        dtype = schema[column.name]
+        dtype: pl.DataType = schema[column.name]
         typed = _typed_expr(column.name, column.kind, dtype)
         present = _present(column.name, dtype)
         if column.kind == "string":

@@ -36,7 +36,8 @@ def test_run_publishes_scores_manifest_and_balanced_accounting(lake_root: Path, 
     assert scores.columns == SCORES_SCHEMA.names
     assert scores["score"].is_between(0, 100).all()
     meta = pq.read_schema(next((lake_root / "scores" / f"score_date={last}").glob("*.parquet"))).metadata
-    assert meta[b"policy_version"] and meta[b"run_id"].decode() == result.run_id
+    assert meta[b"policy_version"]
+    assert meta[b"run_id"].decode() == result.run_id
     m = _manifest(lake_root, last)
     assert m["status"] == "published"
     for source, entry in m["sources"].items():
@@ -94,7 +95,8 @@ def test_file_level_failure_fails_closed_and_names_the_file(lake_root: Path, set
     broken.write_bytes(gzip.compress(b"review_id,merchant_id\nR,M\n" * 50)[:40])
     result = run_date(last, settings)
     assert result.exit_code == 3
-    assert "broken.csv.gz" in result.message and "corrupt_gzip" in result.message
+    assert "broken.csv.gz" in result.message
+    assert "corrupt_gzip" in result.message
     assert not (lake_root / "scores" / f"score_date={last}").exists()
     m = _manifest(lake_root, last)
     assert m["status"] == "failed"

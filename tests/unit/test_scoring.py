@@ -6,10 +6,10 @@ import math
 import random
 
 import polars as pl
-from polars.testing import assert_frame_equal
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
 
 from tests.unit.scoring_fixtures import (
     complaints,

@@ -66,7 +66,7 @@ def test_identical_redelivery_is_a_duplicate_and_a_differing_one_a_conflict() ->
 
 
 def test_two_different_rows_with_one_id_on_the_same_day_are_both_quarantined() -> None:
-    acc, dup, quar = _outcome(_reviews([("R1", 5, D1, 1), ("R1", 1, D1, 2), ("R1", 5, D1, 3)]))
+    acc, _dup, quar = _outcome(_reviews([("R1", 5, D1, 1), ("R1", 1, D1, 2), ("R1", 5, D1, 3)]))
     assert acc == []
     assert quar == ["R1@1", "R1@2", "R1@3"]
 

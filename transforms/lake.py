@@ -264,7 +264,8 @@ class Lake:
         ----------
         switches
             ``(public_rel, attempt_rel)`` pairs, applied in order; put the run folder
-            (the manifest) last so it is the commit point.
+            (the manifest) last so it is the commit point. An empty ``attempt_rel``
+            withdraws the public partition.
         journal_key
             Names the journal file, one per date, used to redo an interrupted commit.
         """
@@ -285,6 +286,15 @@ class Lake:
     def _apply(self, switches: list[tuple[str, str]]) -> None:
         for public_rel, attempt_rel in switches:
             link = self.path(public_rel)
+            if not attempt_rel:  # withdraw the partition
+                old_target = link.resolve() if link.is_symlink() else None
+                if link.is_symlink():
+                    link.unlink()
+                elif link.exists():
+                    shutil.rmtree(link)
+                if old_target is not None and old_target.exists():
+                    shutil.rmtree(old_target, ignore_errors=True)
+                continue
             target = self.path(attempt_rel)
             if not target.exists():
                 raise LakeError(f"cannot publish {public_rel}: {attempt_rel} is missing")

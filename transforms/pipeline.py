@@ -404,9 +404,14 @@ def load_inputs(lake: Lake, ctx: RunContext, policy: Policy) -> dict[str, pl.Laz
 
 
 def score(ctx: RunContext, settings: Settings | None = None) -> RunContext:
-    """Compute the scores (and enforcement actions) into the attempt folder."""
-    from transforms.enforcement import build_actions
+    """Compute scores, enforcement state and actions into the attempt folder.
+
+    Enforcement runs here, before anything is written, because the published
+    ``tier`` is the *enforced* tier (after hysteresis and guards), not the raw band.
+    """
+    from transforms.enforcement import decide
     from transforms.manipulation import discount_reviews
+    from transforms.schemas import ACTIONS_SCHEMA, ENFORCEMENT_STATE_SCHEMA
     from transforms.scoring import ScoringInputs, compute_evidence, score_merchants
 
     t0 = time.perf_counter()
@@ -423,22 +428,47 @@ def score(ctx: RunContext, settings: Settings | None = None) -> RunContext:
                                         inputs["returns"]), ctx.day, end, policy, tz)
     scored = score_merchants(ev, ctx.day, policy).with_columns(pl.lit(ctx.run_id).alias("run_id"))
     df = scored.collect(engine="in-memory").sort("merchant_id")
-    table = table_from_polars(df, SCORES_SCHEMA)
+    decision = decide(df, latest_before(lake, "state/enforcement", ctx.day), recent_enforcement(lake, ctx.day),
+                      policy, ctx.day, ctx.run_id)
+    df = decision.scores.sort("merchant_id")
     meta = {"schema_version": SCHEMA_VERSION, "policy_version": policy.version, "run_id": ctx.run_id,
             "grain": "one row per merchant in the registry as of score_date"}
-    lake.write_parquet(table, f"{ctx.work}/scores/part-0.parquet", metadata=meta)
-    previous = previous_scores(lake, ctx.day)
-    actions = build_actions(pl.from_arrow(table), previous, policy, ctx.day, ctx.run_id)  # type: ignore[arg-type]
-    from transforms.schemas import ACTIONS_SCHEMA
-
-    lake.write_parquet(table_from_polars(actions, ACTIONS_SCHEMA), f"{ctx.work}/actions/part-0.parquet",
+    lake.write_parquet(table_from_polars(df, SCORES_SCHEMA), f"{ctx.work}/scores/part-0.parquet", metadata=meta)
+    lake.write_parquet(table_from_polars(decision.state.sort("merchant_id"), ENFORCEMENT_STATE_SCHEMA),
+                       f"{ctx.work}/state/part-0.parquet",
+                       metadata=meta | {"grain": "one row per merchant: enforcement state after score_date"})
+    actions_dir = "held_actions" if decision.held else "actions"
+    lake.write_parquet(table_from_polars(decision.actions.sort("merchant_id"), ACTIONS_SCHEMA),
+                       f"{ctx.work}/{actions_dir}/part-0.parquet",
                        metadata=meta | {"grain": "one row per merchant whose enforcement state changes on score_date"})
     ctx.notes["scores_rows"] = df.height
-    ctx.notes["actions_rows"] = actions.height
+    ctx.notes["actions_rows"] = decision.actions.height
+    ctx.notes["enforcement"] = decision.summary
+    ctx.notes["held"] = decision.held
     ctx.notes["tier_counts"] = dict(df.group_by("tier").len().sort("tier").iter_rows())
     _timed(ctx, "score", t0)
     _save_ctx(lake, ctx)
     return ctx
+
+
+def latest_before(lake: Lake, table: str, day: date) -> pl.DataFrame | None:
+    """The newest partition of ``table`` (keyed ``score_date``) strictly before ``day``."""
+    earlier = [d for d in lake.partitions(table, "score_date") if d < day]
+    if not earlier:
+        return None
+    files = lake.parquet_files(f"{table}/score_date={earlier[-1].isoformat()}")
+    return pl.read_parquet(files) if files else None
+
+
+def recent_enforcement(lake: Lake, day: date, days: int = 56) -> list[dict[str, Any]]:
+    """Enforcement summaries of published runs in the ``days`` before ``day`` (oldest first)."""
+    out = []
+    for d in lake.partitions("runs", "score_date"):
+        if day - timedelta(days=days) <= d < day:
+            m = manifest_for(lake, d)
+            if m and m.get("status") in ("published", "held") and m.get("enforcement"):
+                out.append({"score_date": d.isoformat(), **m["enforcement"]})
+    return out
 
 
 def previous_scores(lake: Lake, day: date) -> pl.DataFrame | None:
@@ -472,10 +502,14 @@ def publish(ctx: RunContext, settings: Settings | None = None) -> RunResult:
                               f"{forbidden or ''}".strip(),
                               hint="this is a bug in scoring; nothing was published. Report it with the manifest.")
     _timed(ctx, "publish_checks", t0)
-    manifest = build_manifest(lake, ctx, policy, status="published", exit_code=0)
+    held = bool(ctx.notes.get("held"))
+    status, exit_code = ("held", 4) if held else ("published", 0)
+    manifest = build_manifest(lake, ctx, policy, status=status, exit_code=exit_code)
+    actions_dir = "held_actions" if held else "actions"
     manifest["outputs"] = {
         "scores": {"path": f"scores/score_date={ctx.score_date}", "rows": scores.height},
-        "actions": {"path": f"actions/score_date={ctx.score_date}", "rows": ctx.notes.get("actions_rows", 0)},
+        actions_dir: {"path": f"{actions_dir}/score_date={ctx.score_date}", "rows": ctx.notes.get("actions_rows", 0)},
+        "enforcement_state": {"path": f"state/enforcement/score_date={ctx.score_date}"},
         "quarantine": [quarantine_dir(s, date.fromisoformat(d)) for s in STAGE_ORDER
                        for d in ctx.days_to_stage[s]],
         "data_docs": f"runs/score_date={ctx.score_date}/data_docs/index.html",
@@ -489,15 +523,23 @@ def publish(ctx: RunContext, settings: Settings | None = None) -> RunResult:
             switches.append((staged_dir(source, d), f"{ctx.work}/{staged_dir(source, d)}"))
             switches.append((quarantine_dir(source, d), f"{ctx.work}/{quarantine_dir(source, d)}"))
     switches.append((f"scores/score_date={ctx.score_date}", f"{ctx.work}/scores"))
-    switches.append((f"actions/score_date={ctx.score_date}", f"{ctx.work}/actions"))
+    switches.append((f"state/enforcement/score_date={ctx.score_date}", f"{ctx.work}/state"))
+    # Held actions never reach actions/: a rerun that holds also withdraws an earlier feed of the date.
+    other = "actions" if held else "held_actions"
+    switches.append((f"{other}/score_date={ctx.score_date}", ""))
+    switches.append((f"{actions_dir}/score_date={ctx.score_date}", f"{ctx.work}/{actions_dir}"))
     switches.append((f"runs/score_date={ctx.score_date}", f"{ctx.work}/runs"))
     with lake.lock(f"commit-{ctx.score_date}", wait_seconds=600):
         lake.commit(switches, f"score_date={ctx.score_date}")
     _cleanup_attempt(lake, ctx)
     _timed(ctx, "publish", t0)
     manifest_path = str(lake.path(f"runs/score_date={ctx.score_date}/manifest.json"))
-    return RunResult(ctx.day, "published", 0, ctx.run_id, manifest_path,
-                     f"published {scores.height} scores for {ctx.score_date}", manifest)
+    message = f"published {scores.height} scores for {ctx.score_date}"
+    if held:
+        message += (f"; {ctx.notes.get('actions_rows', 0)} enforcement actions HELD for human review "
+                    f"({(ctx.notes.get('enforcement') or {}).get('hold_reason')}); "
+                    f"release with `reputation release --date {ctx.score_date}` after review")
+    return RunResult(ctx.day, status, exit_code, ctx.run_id, manifest_path, message, manifest)
 
 
 def _cleanup_attempt(lake: Lake, ctx: RunContext) -> None:
@@ -550,6 +592,7 @@ def build_manifest(lake: Lake, ctx: RunContext, policy: Policy, *, status: str, 
         "gate": gate,
         "timings_seconds": ctx.timings,
         "tier_counts": ctx.notes.get("tier_counts"),
+        "enforcement": ctx.notes.get("enforcement"),
         "error": error,
     }
 

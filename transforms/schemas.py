@@ -290,3 +290,14 @@ ACTIONS_SCHEMA = pa.schema([
     _f("policy_version", pa.string(), False),
     _f("run_id", pa.string(), False),
 ])
+
+
+#: Enforcement state carried from day to day: one row per merchant after score_date.
+ENFORCEMENT_STATE_SCHEMA = pa.schema([
+    _f("merchant_id", pa.string(), False),
+    _f("score_date", pa.date32(), False),
+    _f("state", pa.string(), False),
+    _f("since", pa.date32(), False),
+    _f("policy_version", pa.string(), False),
+    _f("run_id", pa.string(), False),
+])

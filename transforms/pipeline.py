@@ -384,8 +384,12 @@ def evaluate_gate(lake: Lake, ctx: RunContext, policy: Policy, files: dict[str, 
 
 
 # ------------------------------------------------------------------------------- score
-def load_inputs(lake: Lake, ctx: RunContext, policy: Policy) -> dict[str, pl.LazyFrame]:
-    """Current (as-of the score date) staged rows for every source, limited to the window."""
+def load_inputs(lake: Lake, ctx: RunContext, policy: Policy, tz: str) -> dict[str, pl.LazyFrame]:
+    """Current (as-of the score date) inputs for every source, limited to the window.
+
+    Reviews come as daily aggregates (:mod:`transforms.aggregates`), built only for
+    delivery days that have none yet under the current aggregate key.
+    """
     from transforms.validation import current_versions
 
     day = ctx.day
@@ -393,6 +397,9 @@ def load_inputs(lake: Lake, ctx: RunContext, policy: Policy) -> dict[str, pl.Laz
     out: dict[str, pl.LazyFrame] = {}
     for source in STAGE_ORDER:
         spec = SOURCES[source]
+        if source == "reviews":
+            out[source] = review_aggregates(lake, ctx, policy, tz, ws)
+            continue
         lo = None if source == "merchants" else ws
         scan = lake.scan_partitions(_resolved_staged_dirs(lake, ctx, source, lo, day))
         if scan is None:
@@ -401,6 +408,37 @@ def load_inputs(lake: Lake, ctx: RunContext, policy: Policy) -> dict[str, pl.Laz
             scan = empty_typed(spec).with_columns(pl.lit(0, pl.UInt64).alias("_row_hash")).lazy()
         out[source] = current_versions(scan, spec) if spec.versioning == "versioned" else scan
     return out
+
+
+def review_aggregates(lake: Lake, ctx: RunContext, policy: Policy, tz: str, ws: date) -> pl.LazyFrame:
+    """The window's daily review aggregates, building missing or stale partitions into the attempt."""
+    import pyarrow.parquet as pq
+
+    from transforms.aggregates import REVIEW_AGG_SCHEMA, agg_key, review_day_aggregates
+
+    key = agg_key(policy, tz)
+    restaged = set(ctx.days_to_stage.get("reviews", []))
+    files: list[str] = []
+    switches: list[list[str]] = ctx.notes.setdefault("agg_switches", [])
+    for staged in _resolved_staged_dirs(lake, ctx, "reviews", ws, ctx.day):
+        d_iso = staged.rsplit("dt=", 1)[1]
+        public = f"agg/reviews/dt={d_iso}"
+        existing = lake.parquet_files(public)
+        if d_iso not in restaged and existing and \
+                (pq.read_schema(existing[0]).metadata or {}).get(b"agg_key", b"").decode() == key:
+            files += existing
+            continue
+        src = lake.scan_partitions([staged])
+        agg = (review_day_aggregates(src, policy, tz).collect(engine="in-memory") if src is not None
+               else pl.DataFrame(schema=REVIEW_AGG_SCHEMA))
+        rel = f"{ctx.work}/{public}/part-0.parquet"
+        lake.write_parquet(agg.to_arrow(), rel, metadata={"agg_key": key, "run_id": ctx.run_id,
+                                                           "grain": "merchant, event day, rating class"})
+        files.append(str(lake.path(rel)))
+        switches.append([public, f"{ctx.work}/{public}"])
+    if not files:
+        return pl.DataFrame(schema=REVIEW_AGG_SCHEMA).lazy()
+    return pl.scan_parquet(files, schema=REVIEW_AGG_SCHEMA)
 
 
 def score(ctx: RunContext, settings: Settings | None = None) -> RunContext:
@@ -419,7 +457,7 @@ def score(ctx: RunContext, settings: Settings | None = None) -> RunContext:
     lake = Lake(ctx.root)
     policy = _policy(ctx)
     tz = st.business_timezone
-    inputs = load_inputs(lake, ctx, policy)
+    inputs = load_inputs(lake, ctx, policy, tz)
     registry = inputs["merchants"].select(
         "merchant_id", "name", "category", "registered_on", "license_expires_on", "status")
     reviews = discount_reviews(inputs["reviews"], policy, tz)
@@ -522,6 +560,7 @@ def publish(ctx: RunContext, settings: Settings | None = None) -> RunResult:
             d = date.fromisoformat(d_iso)
             switches.append((staged_dir(source, d), f"{ctx.work}/{staged_dir(source, d)}"))
             switches.append((quarantine_dir(source, d), f"{ctx.work}/{quarantine_dir(source, d)}"))
+    switches += [(str(a), str(b)) for a, b in ctx.notes.get("agg_switches", [])]
     switches.append((f"scores/score_date={ctx.score_date}", f"{ctx.work}/scores"))
     switches.append((f"state/enforcement/score_date={ctx.score_date}", f"{ctx.work}/state"))
     # Held actions never reach actions/: a rerun that holds also withdraws an earlier feed of the date.

@@ -38,7 +38,7 @@ class ScoringInputs:
 
     registry: pl.LazyFrame     # merchants: merchant_id, name, category, registered_on, license_expires_on, status
     sales: pl.LazyFrame        # merchant_id, date, orders, late_shipments, cancellations
-    reviews: pl.LazyFrame      # merchant_id, rating, text, created_at, verified_purchase, reviewer_id, review_id
+    reviews: pl.LazyFrame      # daily review aggregates with review_weight (see transforms.aggregates)
     complaints: pl.LazyFrame   # current version of each complaint
     returns: pl.LazyFrame      # current version of each return
 
@@ -200,24 +200,21 @@ def compute_evidence(inputs: ScoringInputs, score_date: date, as_of_end: datetim
         pl.col("_w").sum().alias("_c_w"),
     )
 
-    pattern = mismatch_pattern(policy.description.mismatch_lexicon)
-    reviews = _in_window(inputs.reviews, pl.col("created_at").dt.convert_time_zone(tz).dt.date(), windows,
-                         score_date, hl)
+    reviews = _in_window(inputs.reviews, pl.col("event_day"), windows, score_date, hl)
     sat = policy.dimensions.satisfaction
+    n = pl.col("n")
     rw = pl.col("_w") * pl.when(pl.col("verified_purchase")).then(1.0).otherwise(sat.unverified_weight) \
         * pl.col("review_weight")
-    mismatch = (pl.col("rating") <= policy.description.mismatch_max_rating) & \
-        pl.col("text").fill_null("").str.contains(pattern)
     v_agg = reviews.group_by("merchant_id").agg(
-        pl.len().alias("review_count"),
-        pl.col("verified_purchase").sum().alias("verified_review_count"),
-        pl.col("rating").cast(pl.Float64).mean().alias("rating_mean_raw"),
-        (pl.col("rating") <= 2).sum().alias("low_rating_count"),
-        mismatch.sum().alias("mismatch_review_count"),
-        (mismatch * pl.col("_w") * pl.col("review_weight")).sum().alias("_mismatch_w"),
-        (pl.col("rating") * rw).sum().alias("_rating_sum_w"),
-        rw.sum().alias("_rating_w"),
-        (pl.col("review_weight") < 1.0).sum().alias("discounted_review_count"),
+        n.sum().alias("review_count"),
+        (n * pl.col("verified_purchase")).sum().alias("verified_review_count"),
+        ((pl.col("rating") * n).sum() / n.sum()).alias("rating_mean_raw"),
+        (n * (pl.col("rating") <= 2)).sum().alias("low_rating_count"),
+        (n * pl.col("is_mismatch")).sum().alias("mismatch_review_count"),
+        (n * pl.col("is_mismatch") * pl.col("_w") * pl.col("review_weight")).sum().alias("_mismatch_w"),
+        (pl.col("rating") * n * rw).sum().alias("_rating_sum_w"),
+        (n * rw).sum().alias("_rating_w"),
+        (n * (pl.col("review_weight") < 1.0)).sum().alias("discounted_review_count"),
         pl.col("discount_reason").drop_nulls().unique().sort().alias("discount_reasons"),
     )
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import polars as pl
 
+from transforms.aggregates import review_day_aggregates
 from transforms.manipulation import discount_reviews
 from transforms.policy import Policy, load_policy
 from transforms.scoring import ScoringInputs, compute_evidence, score_merchants
@@ -70,7 +71,8 @@ def run_scores(reg: pl.LazyFrame, sal: pl.LazyFrame, rev: pl.LazyFrame | None = 
                com: pl.LazyFrame | None = None, ret: pl.LazyFrame | None = None,
                policy: Policy | None = None) -> pl.DataFrame:
     policy = policy or load_policy()
-    rev = discount_reviews(rev if rev is not None else reviews([]), policy, TZ)
+    raw = rev if rev is not None else reviews([])
+    rev = discount_reviews(review_day_aggregates(raw, policy, TZ), policy, TZ)
     inputs = ScoringInputs(reg, sal, rev, com if com is not None else complaints([]),
                            ret if ret is not None else returns([]))
     end = datetime(DAY.year, DAY.month, DAY.day, tzinfo=UTC) + timedelta(days=1)

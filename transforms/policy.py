@@ -68,7 +68,6 @@ class Compliance(_Strict):
     missing_licence_unregulated_score: float = Field(ge=0, le=100)
     suspended_score: float = Field(ge=0, le=100)
     closed_score: float = Field(ge=0, le=100)
-    new_merchant_days: int = Field(ge=0)
     regulated_categories: list[str]
 
 

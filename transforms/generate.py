@@ -61,6 +61,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from transforms.errors import ConfigError
+
 __all__ = [
     "ARCHETYPES",
     "CATEGORIES",
@@ -221,8 +223,8 @@ class _Category:
 #: Categories with base rates: apparel has many changed-mind/size returns, food almost no
 #: returns, electronics the highest defect rate; food, beauty and baby are regulated.
 CATEGORIES: Final = (
-    _Category("electronics", 0.14, 0.025, 0.008, 0.050, 0.012, 0.025, 600.0, False, "数码", "Electronics"),  # noqa: E501
-    _Category("apparel", 0.22, 0.012, 0.012, 0.040, 0.010, 0.090, 150.0, False, "服饰", "Apparel"),  # noqa: E501
+    _Category("electronics", 0.14, 0.025, 0.008, 0.050, 0.012, 0.025, 600.0, False, "数码", "Electronics"),
+    _Category("apparel", 0.22, 0.012, 0.012, 0.040, 0.010, 0.090, 150.0, False, "服饰", "Apparel"),
     _Category("food", 0.12, 0.004, 0.002, 0.030, 0.008, 0.002, 60.0, True, "食品", "Foods"),
     _Category("beauty", 0.12, 0.008, 0.006, 0.035, 0.008, 0.015, 120.0, True, "美妆", "Beauty"),
     _Category("home", 0.13, 0.012, 0.008, 0.045, 0.010, 0.030, 200.0, False, "家居", "Home"),
@@ -279,7 +281,7 @@ _ATTACKED: Final = (_BUYER, _BOMBED, _COLLECTIVE)
 
 # Merchant size: lognormal mean daily orders, mean 5, heavy right tail (a few merchants
 # with thousands of orders a day at 10^5 merchants, a median below one order a day).
-_SIZE_SIGMA: Final = 1.9
+_SIZE_SIGMA: Final = 2.0
 _SIZE_MU: Final = float(np.log(5.0) - _SIZE_SIGMA**2 / 2)
 _SIZE_MAX: Final = 25_000.0
 
@@ -370,7 +372,8 @@ _REVIEW_TEXT: Final[tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]] = (
 
 _COMPLAINT_TEXT: Final[tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]] = (
     (  # quality
-        ("购买的{item}质量有问题，使用不久即损坏，要求退款。", "{item}存在明显质量缺陷，商家拒绝处理。",
+        ("购买的{item}质量有问题，使用不久即损坏，要求退款。",
+         "{item}存在明显质量缺陷，商家拒绝处理。",
          "{item}收到就是坏的，要求换货。"),
         ("The {item} I bought is defective and broke within days. I want a refund.",
          "Product quality issue: the {item} arrived broken, seller refuses to help."),
@@ -389,7 +392,8 @@ _COMPLAINT_TEXT: Final[tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]] = (
          "Seller refuses the 7-day return policy."),
     ),
     (  # logistics
-        ("下单后迟迟不发货，物流信息一直不更新。", "{item}超过承诺时间仍未送达。", "快递丢件，商家不管。"),
+        ("下单后迟迟不发货，物流信息一直不更新。", "{item}超过承诺时间仍未送达。",
+         "快递丢件，商家不管。"),
         ("Order not shipped for a week, tracking never updated.", "The {item} was never delivered.",
          "Parcel lost, seller won't help."),
     ),
@@ -406,7 +410,8 @@ _COMPLAINT_TEXT: Final[tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]] = (
 
 # Attack templates: few base texts, varied only by a short suffix -> near-duplicates.
 _CAMPAIGN_TEXT: Final = (
-    ("好评好评！质量非常好，强烈推荐！", "超级好用，物超所值，五星好评！", "宝贝收到了，非常满意，必须好评！"),
+    ("好评好评！质量非常好，强烈推荐！", "超级好用，物超所值，五星好评！",
+     "宝贝收到了，非常满意，必须好评！"),
     ("Amazing product!! Best purchase ever, highly recommend!",
      "Excellent quality, fast delivery, 5 stars!", "Love it! Exactly as described, great seller!"),
 )
@@ -427,23 +432,26 @@ _VARIANTS: Final = (
 )
 _ITEMS: Final = (
     (("耳机", "充电宝", "手机壳", "蓝牙音箱", "数据线"),
-     ("headphones", "power bank", "phone case", "bluetooth speaker", "charging cable")),
-    (("连衣裙", "T恤", "牛仔裤", "外套", "运动鞋"), ("dress", "T-shirt", "jeans", "jacket", "sneakers")),
+     ("headset", "power bank", "phone case", "bluetooth speaker", "charging cable")),
+    (("连衣裙", "T恤", "牛仔裤", "外套", "运动鞋"),
+     ("dress", "T-shirt", "pair of jeans", "jacket", "pair of sneakers")),
     (("坚果礼盒", "茶叶", "牛肉干", "蜂蜜", "咖啡豆"),
-     ("nut gift box", "tea", "beef jerky", "honey", "coffee beans")),
+     ("nut gift box", "tea", "beef jerky", "honey", "bag of coffee beans")),
     (("面霜", "口红", "精华液", "面膜", "洗发水"),
-     ("face cream", "lipstick", "serum", "face masks", "shampoo")),
+     ("face cream", "lipstick", "serum", "face mask pack", "shampoo")),
     (("收纳盒", "床单", "不粘锅", "台灯", "毛巾"),
-     ("storage box", "bed sheet", "frying pan", "desk lamp", "towels")),
+     ("storage box", "bed sheet", "frying pan", "desk lamp", "towel set")),
     (("奶瓶", "纸尿裤", "婴儿推车", "奶粉", "安抚奶嘴"),
-     ("baby bottle", "diapers", "stroller", "formula milk", "pacifier")),
+     ("baby bottle", "diaper pack", "stroller", "formula milk", "pacifier")),
     (("绘本", "小说", "教辅书", "字典", "漫画"),
      ("picture book", "novel", "workbook", "dictionary", "comic")),
     (("瑜伽垫", "跑步鞋", "哑铃", "羽毛球拍", "运动水壶"),
-     ("yoga mat", "running shoes", "dumbbells", "badminton racket", "water bottle")),
+     ("yoga mat", "pair of running shoes", "dumbbell set", "badminton racket",
+      "water bottle")),
 )
 _NAME_PREFIX: Final = (
-    ("鑫达", "华美", "优品", "佳佳", "乐购", "云尚", "天天", "金牌", "百信", "美家", "小米粒", "福满"),
+    ("鑫达", "华美", "优品", "佳佳", "乐购", "云尚",
+     "天天", "金牌", "百信", "美家", "小米粒", "福满"),
     ("Sunny", "Golden", "Blue River", "Lucky", "Prime", "Urban", "Happy", "Green Leaf",
      "Silver Oak", "Northwind", "Red Lantern", "Maple"),
 )
@@ -532,6 +540,7 @@ class GenerationSummary:
 
 
 def conduct_score(
+    *,
     defect_ratio: np.ndarray,
     nad_ratio: np.ndarray,
     late_ratio: np.ndarray,
@@ -632,28 +641,27 @@ def generate_marketplace(
 
     Raises
     ------
-    ValueError
-        On out-of-range arguments.
-    FileExistsError
-        When ``root/landing`` already contains files.
+    ConfigError
+        On out-of-range arguments, or when ``root/landing`` already contains files (exit
+        code 2 in the CLI; the message says what to do).
     """
     if merchants < 1 or days < 1:
-        raise ValueError("merchants and days must be >= 1")
+        raise ConfigError(f"merchants and days must be >= 1, got {merchants} and {days}")
     if merchants > 9_999_999:
-        raise ValueError("at most 9,999,999 merchants (merchant ids are M + 7 digits max)")
+        raise ConfigError("at most 9,999,999 merchants (merchant ids are M + 7 digits max)")
     for name, share in (
         ("malformed_row_share", malformed_row_share),
         ("malformed_file_share", malformed_file_share),
         ("gb18030_share", gb18030_share),
     ):
         if not 0.0 <= share <= 1.0:
-            raise ValueError(f"{name} must be within [0, 1], got {share}")
+            raise ConfigError(f"{name} must be within [0, 1], got {share}")
     root = Path(root)
     landing = root / "landing"
     if landing.exists() and any(p.is_file() for p in landing.rglob("*")):
-        raise FileExistsError(
-            f"{landing} already holds files; generate into an empty root "
-            "(or delete landing/ and truth/ first) so no stale files mix in"
+        raise ConfigError(
+            f"{landing} already holds files; stale files of another run would mix in",
+            hint="generate into an empty --root, or delete its landing/ and truth/ first",
         )
     gen = _Generator(
         root=root,
@@ -721,6 +729,12 @@ def _cdf(weights: np.ndarray) -> np.ndarray:
 def _draw(cdf_rows: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Categorical draw per row from per-row CDFs (inverse transform)."""
     return (u[:, None] >= cdf_rows[:, :-1]).sum(axis=1)
+
+
+def _hours(rng: np.random.Generator, mean_hours: np.ndarray) -> np.ndarray:
+    """Gamma(2) waiting times with the given means, in microseconds, at least a minute
+    (so every later version has a strictly later ``updated_at``)."""
+    return (rng.gamma(2.0, mean_hours / 2.0) * _HOUR_US).astype(np.int64) + 60_000_000
 
 
 def _seconds_of_day(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -898,12 +912,14 @@ class _Merchants:
             else:  # valid at first, expires mid-period and is never renewed
                 lic[m], state[m] = self.e0 + mid_day[j], "expired"
         # Everyone else renews shortly before expiry, delivered as a changed registry row.
-        renew_lead = rng.integers(1, 30, size=n)
+        renew_u = rng.random(n)
         ok = np.flatnonzero((lic >= 0) & (arche != _UNLIC))
         for m in ok:
             exp_day = int(lic[m]) - self.e0
             if exp_day <= days - 1:
-                day = max(1, exp_day - int(renew_lead[m]), int(reg[m]) + 1)
+                # Renewed 1-29 days ahead of expiry, never before day 1 (the snapshot).
+                window = max(1, min(29, exp_day - 1))
+                day = max(1, exp_day - 1 - int(renew_u[m] * window), int(reg[m]) + 1)
                 if day < days:
                     events.append((day, int(m), 1, int(lic[m]) + 730))
                 else:
@@ -929,20 +945,18 @@ class _Merchants:
             events.append((int(reg[m]), int(m), 0, 0))
         events.sort()
         self.events: dict[int, list[tuple[int, int, int]]] = {}
-        for day, m, kind, value in events:
-            self.events.setdefault(day, []).append((m, kind, value))
+        for day, idx, kind, value in events:
+            self.events.setdefault(day, []).append((idx, kind, value))
 
     def _names(self, rng: np.random.Generator) -> None:
         n = self.n
         lang = (rng.random(n) >= 0.5).astype(np.int64)
-        pre = np.array([0, 1])
         prefix = _Pool(((_NAME_PREFIX[0], _NAME_PREFIX[1]),)).pick(
             np.zeros(n, dtype=np.int64), lang, rng.random(n)
         )
         suffix = _Pool(((_NAME_SUFFIX[0], _NAME_SUFFIX[1]),)).pick(
             np.zeros(n, dtype=np.int64), lang, rng.random(n)
         )
-        del pre
         cat_word = pl.Series(
             [c.zh for c in CATEGORIES] + [" " + c.en for c in CATEGORIES]
         ).gather(self.cat + lang * _N_CAT)
@@ -961,14 +975,14 @@ class _Merchants:
         )[1]
         licence_bad = np.isin(self.licence_state, ("expired", "missing")).astype(float)
         score = conduct_score(
-            self.defect / self.base["defect"],
-            self.nad / self.base["nad"],
-            self.late / self.base["late"],
-            self.cancel / self.base["cancel"],
-            self.resp_hours / _BASE_RESPONSE_HOURS,
-            self.unresolved / _BASE_UNRESOLVED,
-            base_mean - self.rating_mean,
-            licence_bad,
+            defect_ratio=self.defect / self.base["defect"],
+            nad_ratio=self.nad / self.base["nad"],
+            late_ratio=self.late / self.base["late"],
+            cancel_ratio=self.cancel / self.base["cancel"],
+            response_ratio=self.resp_hours / _BASE_RESPONSE_HOURS,
+            unresolved_ratio=self.unresolved / _BASE_UNRESOLVED,
+            rating_gap=base_mean - self.rating_mean,
+            licence_bad=licence_bad,
         )
         return pl.DataFrame(
             {
@@ -1025,7 +1039,7 @@ def _plan_attacks(m: _Merchants, days: int, seed: int) -> list[_Attack]:
             plan = [(2, 1)]
         for kind, count in plan:
             for _ in range(count):
-                dur = int(min(days, rng.integers(2, 5 if kind < 2 else 6)))
+                dur = min(days, int(rng.integers(2, 5 if kind < 2 else 6)))
                 # Collective disputes come late in the period (a fresh surge); review
                 # attacks anywhere after the first few days.
                 lo = max(0, days - max(days // 3, dur)) if kind == 2 else min(days // 5, days - dur)
@@ -1033,7 +1047,7 @@ def _plan_attacks(m: _Merchants, days: int, seed: int) -> list[_Attack]:
                 if kind < 2:
                     n_ev = 25 + int(rng.poisson(20)) + int(m.size[idx] * 0.5 * dur)
                 else:
-                    n_ev = 20 + int(rng.poisson(25)) + int(m.size[idx] * 0.05 * dur)
+                    n_ev = 15 + int(rng.poisson(15)) + int(m.size[idx] * 0.05 * dur)
                 attacks.append(
                     _Attack(
                         merchant=int(idx),
@@ -1085,6 +1099,8 @@ class _Generator:
         self.rows = dict.fromkeys(SOURCES, 0)
         self.files = dict.fromkeys(SOURCES, 0)
         self.malformed: list[dict[str, object]] = []
+        self.file_log: list[dict[str, object]] = []
+        self.gb_eligible = 0
         self.malformed_rows = 0
         self.malformed_files = 0
         self.status = np.zeros(n, dtype=np.int8)
@@ -1233,9 +1249,8 @@ class _Generator:
         lag = rng.choice(_REVIEW_LAG_P.size, size=n, p=_REVIEW_LAG_P)
         ts = ((self.e0 + d + lag) * 86_400 + _seconds_of_day(rng, n)) * 1_000_000
         rating = 1 + _draw(m.rating_cdf[mi], rng.random(n))
-        kind = np.where(
-            rating >= 4, _R_POS, np.where(rating == 3, _R_NEU, 2 + _draw(m.neg_cdf[mi], rng.random(n)))
-        )
+        negative = 2 + _draw(m.neg_cdf[mi], rng.random(n))
+        kind = np.where(rating >= 4, _R_POS, np.where(rating == 3, _R_NEU, negative))
         text = self._text(rng, _REVIEW_POOL, kind, mi, extra_p=0.15, null_p=0.15)
         frame = pl.DataFrame(
             {
@@ -1260,10 +1275,13 @@ class _Generator:
         *,
         extra_p: float,
         null_p: float,
+        u_tpl: np.ndarray | None = None,
     ) -> pl.Series:
+        """Template text per row in the buyer's language (Chinese or English)."""
         n = mi.size
         lang = (rng.random(n) >= self.m.zh_share[mi]).astype(np.int64)
-        tpl = pool.pick(kind, lang, rng.random(n))
+        u = rng.random(n)
+        tpl = pool.pick(kind, lang, u if u_tpl is None else u_tpl)
         item = _ITEM_POOL.pick(self.m.cat[mi], lang, rng.random(n))
         # Extra member 0 is "", so (1 - extra_p) of rows get no extra.
         u = np.where(rng.random(n) < extra_p, rng.random(n), 0.0)
@@ -1286,8 +1304,8 @@ class _Generator:
         p_rej = m.return_reject[mi] * np.where(reason == 4, 1.5, 1.0)
         rejected = ~pending & (rng.random(n) < p_rej)
         approved = ~pending & ~rejected
-        t1 = t0 + (rng.gamma(2.0, m.decide_hours[mi] / 2.0) * _HOUR_US).astype(np.int64) + 60_000_000
-        t2 = t1 + (rng.gamma(2.0, m.refund_hours[mi] / 2.0) * _HOUR_US).astype(np.int64) + 60_000_000
+        t1 = t0 + _hours(rng, m.decide_hours[mi])
+        t2 = t1 + _hours(rng, m.refund_hours[mi])
         t0, t1, t2 = (t // 1_000_000 * 1_000_000 for t in (t0, t1, t2))
         share = np.where(rng.random(n) < 0.15, 0.5, 1.0)
         amount = np.round(m.price[mi] * rng.lognormal(0.0, 0.5, size=n) * share, 2)
@@ -1340,13 +1358,15 @@ class _Generator:
             pl.when(pl.lit(pl.Series(rng.random(n) < 0.85))).then(pl.lit(order_id))
         ).to_series()
         self._complaint_versions(
-            rng, mi, t0, category, order_id, self._buyers(rng, n),
-            self._text(rng, _COMPLAINT_POOL, category, mi, extra_p=0.25, null_p=0.05),
+            rng, mi=mi, t0=t0, category=category, order_id=order_id,
+            complainant=self._buyers(rng, n),
+            text=self._text(rng, _COMPLAINT_POOL, category, mi, extra_p=0.25, null_p=0.05),
         )
 
     def _complaint_versions(
         self,
         rng: np.random.Generator,
+        *,
         mi: np.ndarray,
         t0: np.ndarray,
         category: np.ndarray,
@@ -1360,7 +1380,7 @@ class _Generator:
         n = mi.size
         channel = _draw(m.channel_cdf[mi], rng.random(n))
         responded = rng.random(n) >= m.no_response[mi]
-        t1 = t0 + (rng.gamma(2.0, m.resp_hours[mi] / 2.0) * _HOUR_US).astype(np.int64) + 60_000_000
+        t1 = t0 + _hours(rng, m.resp_hours[mi])
         u = rng.random(n)
         unres = m.unresolved[mi]
         # 0 open forever, 1 resolved, 2 rejected, 3 escalated
@@ -1368,8 +1388,7 @@ class _Generator:
             u >= unres, 1, np.where(u < 0.4 * unres, 2, np.where(u < 0.7 * unres, 3, 0))
         )
         after = np.where(responded, t1, t0)
-        t2 = after + (rng.gamma(2.0, m.resolve_hours[mi] / 2.0) * _HOUR_US).astype(np.int64)
-        t2 = t2 + 60_000_000
+        t2 = after + _hours(rng, m.resolve_hours[mi])
         t0, t1, t2 = (t // 1_000_000 * 1_000_000 for t in (t0, t1, t2))
         ids = self._ids("complaints", "CP", n)
         base = pl.DataFrame(
@@ -1468,16 +1487,21 @@ class _Generator:
                 pl.when(pl.lit(pl.Series(rng.random(n) < 0.7))).then(pl.lit(order_id))
             ).to_series()
             # Most surge complaints reuse one wording (a shared script), some are own words.
-            text = self._text(rng, _COMPLAINT_POOL, cat, mi, extra_p=0.3, null_p=0.03)
+            fixed = np.repeat([(a.template + 0.5) / 3.0 for a, _ in complaints], counts)
+            u_tpl = np.where(rng.random(n) < 0.7, fixed, rng.random(n))
+            text = self._text(rng, _COMPLAINT_POOL, cat, mi, extra_p=0.3, null_p=0.03,
+                              u_tpl=u_tpl)
             self._complaint_versions(
-                rng, mi, ts, cat, order_id, self._buyers(rng, n, new=True), text
+                rng, mi=mi, t0=ts, category=cat, order_id=order_id,
+                complainant=self._buyers(rng, n, new=True), text=text,
             )
 
     # ---------------------------------------------------------------- delivery
 
     def _deliver(self, d: int) -> None:
         due = self.pending.pop(d, {})
-        frng = _rng(self.seed, 4, d)
+        frng = _rng(self.seed, 4, d)  # file layout: splits, formats, BOM, timestamp style
+        irng = _rng(self.seed, 5, d)  # faults: a different share leaves the layout alone
         dt = self.start + timedelta(days=d)
         for s_idx, source in enumerate(SOURCES):
             frames = due.get(source)
@@ -1493,11 +1517,15 @@ class _Generator:
                 part = frame.slice(bounds[k], bounds[k + 1] - bounds[k])
                 fmt = FORMATS[(self.fmt_counter[source] + 2 * s_idx) % len(FORMATS)]
                 self.fmt_counter[source] += 1
-                self._write_file(frng, source, d, dt, k, part, fmt)
+                self._write_file(
+                    frng, irng, source=source, d=d, dt=dt, k=k, frame=part, fmt=fmt
+                )
 
     def _write_file(
         self,
         rng: np.random.Generator,
+        irng: np.random.Generator,
+        *,
         source: str,
         d: int,
         dt: date,
@@ -1510,7 +1538,7 @@ class _Generator:
         name = f"{source}_{dt:%Y%m%d}_{k + 1:02d}.{fmt}"
         rel = f"landing/{source}/dt={dt:%Y-%m-%d}/{name}"
         # Draw every per-file decision up front so each file uses a fixed number of draws.
-        u_file_fault, u_gb, u_bom, u_style = rng.random(4)
+        u_file_fault, u_bom, u_style = rng.random(3)
         file_fault = (
             u_file_fault < self.file_share and not (source == "merchants" and d == 0)
         )
@@ -1518,30 +1546,45 @@ class _Generator:
         faults: list[tuple[int, str]] = []
         nan_rows: list[int] = []
         if not file_fault and self.row_share > 0:
-            frame, faults, nan_rows = _inject_rows(rng, source, frame, d + self.e0, text_fmt,
-                                                   self.row_share)
+            frame, faults, nan_rows = _inject_rows(
+                irng, source=source, frame=frame, dt_epoch=d + self.e0, text_fmt=text_fmt,
+                share=self.row_share,
+            )
         self.rows[source] += frame.height
         self.files[source] += 1
+        style = int(u_style * len(_STYLES))
         if text_fmt:
-            style = int(u_style * 5)  # 0 Z, 1 +08:00, 2 naive, 3 Z with millis, 4 mixed
             out = _as_text(frame, source, style, rng)
-            out, text_faults = _inject_text(rng, source, out, faults)
-            del text_faults
+            out = _inject_text(irng, source, out, faults)
         else:
             out = frame
         fault_kind = None
         if file_fault:
             fault_kind, out = _file_fault(source, fmt, out)
-        data = _serialise(
-            out, source, fmt,
-            gb18030=(source in ("reviews", "complaints") and fmt.startswith("csv")
-                     and u_gb < self.gb_share),
-            bom=bool(u_bom < 0.2),
-            nan_rows=nan_rows,
-        )
+        gb18030 = False
+        if source in ("reviews", "complaints") and fmt.startswith("csv"):
+            # Evenly spaced rather than random: the share holds exactly even in tiny runs.
+            slot = self.gb_eligible
+            self.gb_eligible += 1
+            gb18030 = int((slot + 1) * self.gb_share + 0.5) > int(slot * self.gb_share + 0.5)
+        bom = bool(u_bom < 0.2) and fmt.startswith("csv") and not gb18030
+        data = _serialise(out, source, fmt, gb18030=gb18030, bom=bom, nan_rows=nan_rows)
         if fault_kind is not None and fault_kind.startswith("truncated"):
             data = data[: max(1, len(data) // 2)]
         (folder / name).write_bytes(data)
+        self.file_log.append(
+            {
+                "source": source,
+                "dt": dt,
+                "file": rel,
+                "format": fmt,
+                "encoding": "gb18030" if gb18030 else "utf-8",
+                "bom": bom,
+                "timestamp_style": _STYLES[style] if text_fmt else "parquet",
+                "rows": frame.height,
+                "fault": fault_kind,
+            }
+        )
         if fault_kind is not None:
             self.malformed_files += 1
             self.malformed.append(
@@ -1582,6 +1625,14 @@ class _Generator:
             orient="row",
         )
         _write_parquet(malformed, truth / "malformed.parquet")
+        files = pl.DataFrame(
+            self.file_log,
+            schema={"source": pl.String, "dt": pl.Date, "file": pl.String, "format": pl.String,
+                    "encoding": pl.String, "bom": pl.Boolean, "timestamp_style": pl.String,
+                    "rows": pl.Int64, "fault": pl.String},
+            orient="row",
+        )
+        _write_parquet(files, truth / "files.parquet")
         meta = asdict(summary)
         meta.update(root=None, start=str(summary.start), end=str(summary.end),
                     malformed_row_share=self.row_share, malformed_file_share=self.file_share,
@@ -1635,6 +1686,7 @@ _DROP_FOR_FAULT: Final = {"merchants": "status", "sales": "orders", "reviews": "
 
 def _inject_rows(
     rng: np.random.Generator,
+    *,
     source: str,
     frame: pl.DataFrame,
     dt_epoch: int,
@@ -1717,7 +1769,7 @@ def _inject_rows(
 
 def _inject_text(
     rng: np.random.Generator, source: str, frame: pl.DataFrame, faults: list[tuple[int, str]]
-) -> tuple[pl.DataFrame, int]:
+) -> pl.DataFrame:
     """Apply the string-only faults (unparseable timestamps/dates) to a text frame."""
     idx_ts = [r for r, kind in faults if kind == "unparseable_timestamp"]
     idx_dt = [r for r, kind in faults if kind == "unparseable_date"]
@@ -1727,9 +1779,7 @@ def _inject_text(
         if idx and col is not None:
             vals = [bad[int(u * len(bad))] for u in rng.random(len(idx))]
             cols.append(frame.get_column(col).clone().scatter(idx, pl.Series(vals)))
-    if cols:
-        frame = frame.with_columns(cols)
-    return frame, len(idx_ts) + len(idx_dt)
+    return frame.with_columns(cols) if cols else frame
 
 
 def _file_fault(source: str, fmt: str, frame: pl.DataFrame) -> tuple[str, pl.DataFrame]:
@@ -1742,6 +1792,11 @@ def _file_fault(source: str, fmt: str, frame: pl.DataFrame) -> tuple[str, pl.Dat
 
 
 # ----------------------------------------------------------------------------- serialisation
+
+
+# Timestamp renderings of text files, chosen per file; "mixed" picks one of the first
+# three per row (an export merged from several upstream systems).
+_STYLES: Final = ("utc_z", "offset_+08:00", "naive_utc", "utc_z_millis", "mixed")
 
 
 def _ts_text(col: str, style: int) -> pl.Expr:
@@ -1801,7 +1856,7 @@ def _serialise(
         data = text.encode("utf-8")
     if fmt.endswith(".gz"):
         # mtime=0 and no file name in the header: byte-identical across runs.
-        data = gzip.compress(data, compresslevel=6, mtime=0)
+        data = gzip.compress(data, compresslevel=3, mtime=0)
     return data
 
 

@@ -240,7 +240,7 @@ def validate(ctx: RunContext, settings: Settings | None = None) -> RunContext:
         When a file-level failure or a batch rule of the fail-closed gate trips
         (unless the policy's ``gate.override`` is set); nothing is published.
     """
-    from transforms.expectations import DELIVERY_END, ROW_ID, load_suite, run_suite
+    from transforms.expectations import DELIVERY_END, ROW_ID, build_data_docs, load_suite, run_suite
     from transforms.validation import apply_versions, row_reasons
 
     t0 = time.perf_counter()
@@ -250,6 +250,7 @@ def validate(ctx: RunContext, settings: Settings | None = None) -> RunContext:
     files = lake.read_json(f"{ctx.work}/files.json")
     validation: dict[str, Any] = {}
     known: pl.DataFrame | None = None
+    docs = lake.path(f"{ctx.work}/runs/data_docs")
     for source in STAGE_ORDER:
         spec = SOURCES[source]
         typed = pl.read_parquet(lake.path(f"{ctx.work}/typed/{source}.parquet"))
@@ -259,8 +260,8 @@ def validate(ctx: RunContext, settings: Settings | None = None) -> RunContext:
         end_expr = pl.col("_dt").replace_strict(ends, default=None, return_dtype=pl.Datetime("us", "UTC"))
         batch = (typed.drop("_original", "_parse_errors", "_file", "_row_number")
                  .with_columns(end_expr.alias(DELIVERY_END)))
-        docs = lake.path(f"{ctx.work}/runs/data_docs")
-        result = run_suite(batch, load_suite(source), docs_dir=docs, batch_name=source)
+        # Results are stored beside the docs; the site is built once, after every source.
+        result = run_suite(batch, load_suite(source), docs_dir=docs, batch_name=source, build_docs=False)
         reasons = row_reasons(typed, result.row_failures, known)
         prior_dirs = _prior_staged_dirs(lake, ctx, source)
         prior = lake.scan_partitions(prior_dirs)
@@ -294,6 +295,7 @@ def validate(ctx: RunContext, settings: Settings | None = None) -> RunContext:
                               "batch_failures": result.batch_failures, "evaluated_rows": result.evaluated,
                               "staged_days": day_reports}
     lake.write_json(validation, f"{ctx.work}/validation.json")
+    build_data_docs(docs)
     gate = evaluate_gate(lake, ctx, policy, files, validation)
     lake.write_json(gate, f"{ctx.work}/gate.json")
     _timed(ctx, "validate", t0)
@@ -338,7 +340,9 @@ def evaluate_gate(lake: Lake, ctx: RunContext, policy: Policy, files: dict[str, 
                      "limit": g.max_quarantine_share,
                      "message": f"{source} dt={d_iso}: {rep['quarantined']} of {read} rows quarantined "
                                 f"({share:.1%}; limit {g.max_quarantine_share:.1%})"}
-            bad = share > g.max_quarantine_share
+            # A share says little about a handful of rows: tiny deliveries are quarantined row by
+            # row but do not stop the run on their own.
+            bad = share > g.max_quarantine_share and read >= g.min_rows_for_share
             if bad or d_iso == ctx.score_date:
                 checks.append(check | {"passed": not bad})
             if bad:

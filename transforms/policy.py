@@ -117,6 +117,7 @@ class Reasons(_Strict):
 class Gate(_Strict):
     file_failure: Literal["fail_run", "skip_file"]
     max_quarantine_share: float = Field(ge=0, le=1)
+    min_rows_for_share: int = Field(ge=0)
     volume_band: tuple[float, float]
     volume_min_history_days: int = Field(ge=1)
     volume_history_days: int = Field(ge=1)

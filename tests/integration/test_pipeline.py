@@ -107,7 +107,7 @@ def test_file_level_failure_fails_closed_and_names_the_file(lake_root: Path, set
 def test_quarantine_share_over_the_limit_trips_the_gate(lake_root: Path, settings: Settings) -> None:
     last = small_marketplace(lake_root, days=2)
     write_rows(lake_root, "sales", last, [{"merchant_id": "M0", "date": str(last), "orders": -1,
-                                           "late_shipments": 0, "cancellations": 0}], name="fix")
+                                           "late_shipments": 0, "cancellations": 0}] * 60, name="fix")
     result = run_date(last, settings)
     assert result.exit_code == 3
     assert "quarantine_share" in result.message

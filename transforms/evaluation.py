@@ -27,7 +27,7 @@ def evaluate(scores: pl.DataFrame, truth_dir: Path | str, *, min_orders: int = 1
 
     Returns the Spearman rank correlation between ``score`` and ``true_conduct_score``
     for merchants with at least ``min_orders`` orders in their window, the share of
-    each bad archetype (with sufficient evidence) whose expected reason is among the
+    each bad archetype with that much evidence whose expected reason is among the
     first two reason codes, and the good merchants with fewer than 30 orders placed
     in a penalty tier.
     """
@@ -37,7 +37,8 @@ def evaluate(scores: pl.DataFrame, truth_dir: Path | str, *, min_orders: int = 1
     rho = big.select(pl.corr("score", "true_conduct_score", method="spearman")).item() if big.height > 2 else None
     reasons: dict[str, Any] = {}
     for archetype, code in EXPECTED_REASON.items():
-        sub = j.filter((pl.col("archetype") == archetype) & pl.col("is_sufficient_evidence"))
+        sub = j.filter((pl.col("archetype") == archetype) & pl.col("is_sufficient_evidence")
+                       & (pl.col("orders_count") >= min_orders))
         hit = sub.filter(pl.col("reason_codes").list.head(2).list.contains(code)).height
         reasons[archetype] = {"merchants": sub.height, "hits": hit,
                               "share": round(hit / sub.height, 4) if sub.height else None}

@@ -54,3 +54,42 @@ def discount_reviews(reviews: pl.LazyFrame, policy: Policy, tz: str) -> pl.LazyF
             .with_columns(pl.when(pl.col("discount_reason").is_not_null()).then(m.suspicious_weight)
                           .otherwise(1.0).alias("review_weight"))
             .drop("_day_count", "_median_day"))
+
+
+def discount_complaints(complaints: pl.LazyFrame, policy: Policy, tz: str) -> pl.LazyFrame:
+    """Add ``complaint_weight`` and ``is_surge`` to complaints (current versions).
+
+    A complaint belongs to a *surge* when, in the ``complaint_surge_window_days`` days
+    ending on the day it was opened, the merchant received at least
+    ``complaint_surge_min`` complaints, ``complaint_surge_multiple`` times its usual
+    rate for such a stretch (its window average), from at least
+    ``complaint_surge_min_complainants`` distinct people. Surge complaints weigh
+    ``surge_weight`` in the score until a person has reviewed the dispute: a sudden
+    collective action is either a real collective dispute or a campaign, and neither
+    should move an automated score overnight. Nothing is dropped; the score row
+    counts them (``surge_complaint_count``) and enforcement routes the merchant to
+    human review.
+    """
+    m = policy.manipulation
+    span = m.complaint_surge_window_days
+    lf = complaints.with_columns(pl.col("opened_at").dt.convert_time_zone(tz).dt.date().alias("_day"))
+    per_day = (lf.group_by("merchant_id", "_day")
+               .agg(pl.len().alias("_n"), pl.col("complainant_id").n_unique().alias("_people"))
+               .sort("merchant_id", "_day"))
+    per_day = per_day.with_columns(
+        pl.col("_n").rolling_sum_by("_day", window_size=f"{span}d").over("merchant_id").alias("_n_span"),
+        # Daily distinct counts summed over the span: may count a repeat complainant twice,
+        # which only matters for people complaining on several days of one surge.
+        pl.col("_people").rolling_sum_by("_day", window_size=f"{span}d").over("merchant_id").alias("_people_span"),
+        (pl.col("_n").sum().over("merchant_id")
+         / (pl.col("_day").max().over("merchant_id") - pl.col("_day").min().over("merchant_id")
+            ).dt.total_days().clip(lower_bound=policy.window.days).cast(pl.Float64) * span).alias("_usual_span"),
+    )
+    surge_days = (per_day.filter((pl.col("_n_span") >= m.complaint_surge_min)
+                                 & (pl.col("_n_span") >= m.complaint_surge_multiple * pl.col("_usual_span"))
+                                 & (pl.col("_people_span") >= m.complaint_surge_min_complainants))
+                  .select("merchant_id", "_day", pl.lit(True).alias("is_surge")))
+    return (lf.join(surge_days, on=["merchant_id", "_day"], how="left")
+            .with_columns(pl.col("is_surge").fill_null(False))
+            .with_columns(pl.when(pl.col("is_surge")).then(m.surge_weight).otherwise(1.0).alias("complaint_weight"))
+            .drop("_day"))

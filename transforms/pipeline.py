@@ -163,6 +163,8 @@ def ingest(score_date: date, settings: Settings | None = None, *, root: str | No
         ctx.days_to_stage[source] = [d.isoformat() for d in todo]
         report: dict[str, Any] = {"files": [], "file_failures": [], "bad_paths": [], "extra_columns": {}}
         report["bad_paths"] += [b.__dict__ for b in lake.stray_landing_paths(source)]
+        for b in report["bad_paths"]:
+            log.warning("%s: [%s] %s; skipped", b["rel"], b["rule"], b["message"])
         frames: list[pl.DataFrame] = []
         for d in landed:
             good, bad = lake.list_landing(source, d)
@@ -171,12 +173,17 @@ def ingest(score_date: date, settings: Settings | None = None, *, root: str | No
             if d not in todo:
                 continue
             report["bad_paths"] += [b.__dict__ for b in bad]
+            for b in bad:
+                log.warning("%s: [%s] %s; skipped", b.rel, b.rule, b.message)
             for f in good:
                 try:
                     typed, info = _read_one(lake, f, spec, st, key)
                 except FileRejected as exc:
-                    report["file_failures"].append({"file": exc.path, "rule": exc.rule, "message": exc.message,
+                    # exc.message reads "<file>: [<rule>] <what>"; keep <what> (the gate adds the rest once).
+                    what = exc.message.removeprefix(f"{exc.path}: [{exc.rule}] ")
+                    report["file_failures"].append({"file": exc.path, "rule": exc.rule, "message": what,
                                                     "hint": exc.hint})
+                    log.warning("%s: [%s] %s", exc.path, exc.rule, what)
                     continue
                 report["files"].append(info)
                 if info["extra_columns"]:
@@ -201,6 +208,7 @@ def _empty_typed(source: str) -> pl.DataFrame:
 
 def _read_one(lake: Lake, f: Any, spec: Any, st: Settings, key: bytes) -> tuple[pl.DataFrame, dict[str, Any]]:
     from transforms.staging import (
+        castable_to_string,
         check_columns,
         parse_csv,
         parse_jsonl,
@@ -224,7 +232,9 @@ def _read_one(lake: Lake, f: Any, spec: Any, st: Settings, key: bytes) -> tuple[
         return typed, {"file": f.rel, "rows": 0, "encoding": encoding, "extra_columns": extra}
     personal = [c.name for c in spec.columns if c.personal]
     raw = pseudonymise(raw, personal, key)
-    original = raw.select(pl.struct([pl.col(c).cast(pl.String) for c in raw.columns])
+    # Scalars as their delivered text; nested values (lists, structs) as JSON.
+    original = raw.select(pl.struct([pl.col(c).cast(pl.String) if castable_to_string(t) else pl.col(c)
+                                     for c, t in raw.schema.items()])
                           .struct.json_encode().alias("_original"))
     typed = type_frame(raw, spec, f.rel, f.dt).with_columns(original.get_column("_original"))
     return typed, {"file": f.rel, "rows": raw.height, "encoding": encoding, "extra_columns": extra}
@@ -452,7 +462,7 @@ def score(ctx: RunContext, settings: Settings | None = None) -> RunContext:
     ``tier`` is the *enforced* tier (after hysteresis and guards), not the raw band.
     """
     from transforms.enforcement import decide
-    from transforms.manipulation import discount_reviews
+    from transforms.manipulation import discount_complaints, discount_reviews
     from transforms.schemas import ACTIONS_SCHEMA, ENFORCEMENT_STATE_SCHEMA
     from transforms.scoring import ScoringInputs, compute_evidence, score_merchants
 
@@ -465,8 +475,9 @@ def score(ctx: RunContext, settings: Settings | None = None) -> RunContext:
     registry = inputs["merchants"].select(
         "merchant_id", "name", "category", "registered_on", "license_expires_on", "status")
     reviews = discount_reviews(inputs["reviews"], policy, tz)
+    complaints = discount_complaints(inputs["complaints"], policy, tz)
     _, end = business_day_bounds(ctx.day, st.tz)
-    ev = compute_evidence(ScoringInputs(registry, inputs["sales"], reviews, inputs["complaints"],
+    ev = compute_evidence(ScoringInputs(registry, inputs["sales"], reviews, complaints,
                                         inputs["returns"]), ctx.day, end, policy, tz)
     scored = score_merchants(ev, ctx.day, policy).with_columns(pl.lit(ctx.run_id).alias("run_id"))
     df = scored.collect(engine="in-memory").sort("merchant_id")
@@ -656,12 +667,23 @@ def record_failure(ctx: RunContext, exc: BaseException, *, stage: str) -> str:
              "hint": getattr(exc, "hint", None), "rule": getattr(exc, "rule", None),
              "file": getattr(exc, "path", None)}
     manifest = build_manifest(lake, ctx, policy, status="failed", exit_code=exit_code, error=error)
+    # Nothing is published for a failed date, but what validation saw stays inspectable:
+    # the Data Docs travel with the manifest, and the rejected rows stay in the attempt folder.
+    outputs: dict[str, Any] = {}
+    if lake.exists(f"{ctx.work}/runs/data_docs/index.html"):
+        outputs["data_docs"] = f"runs/score_date={ctx.score_date}/data_docs/index.html"
+    held = [f"{ctx.work}/{quarantine_dir(s, date.fromisoformat(d))}" for s in STAGE_ORDER
+            for d in ctx.days_to_stage.get(s, [])]
+    held_quarantine = [q for q in held if lake.exists(q)]
+    if held_quarantine:
+        outputs["unpublished_quarantine"] = held_quarantine
+    manifest["outputs"] = outputs
     rel = f"runs/_failed/score_date={ctx.score_date}/{ctx.attempt_id}.json"
     lake.write_json(manifest, rel)
     published = lake.read_json(f"runs/score_date={ctx.score_date}/manifest.json")
     if published is None:
-        lake.write_json(manifest, f"{ctx.work}/runs_failed/manifest.json")
-        lake.commit([(f"runs/score_date={ctx.score_date}", f"{ctx.work}/runs_failed")],
+        lake.write_json(manifest, f"{ctx.work}/runs/manifest.json")
+        lake.commit([(f"runs/score_date={ctx.score_date}", f"{ctx.work}/runs")],
                     f"score_date={ctx.score_date}")
         return str(lake.path(f"runs/score_date={ctx.score_date}/manifest.json"))
     return str(lake.path(rel))

@@ -137,6 +137,74 @@ class Manipulation(_Strict):
     burst_multiple: float = Field(gt=1)
     duplicate_text_min: int = Field(ge=2)
     suspicious_weight: float = Field(ge=0, le=1)
+    complaint_surge_window_days: int = Field(ge=1, le=30)
+    complaint_surge_min: int = Field(ge=1)
+    complaint_surge_multiple: float = Field(gt=1)
+    complaint_surge_min_complainants: int = Field(ge=1)
+    surge_weight: float = Field(ge=0, le=1)
+
+
+class RateRule(_Strict):
+    """A hard rule beside the score: a confidence-bounded bad-event rate and enough distinct buyers.
+
+    Fires when the Wilson *lower* bound of the dimension's rate is at least
+    ``min_multiple_of_category`` times the category's rate and at least ``min_rate``,
+    and at least ``min_affected_buyers`` distinct buyers are affected.
+    """
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    dimension: Literal["quality", "description", "after_sales", "fulfilment"]
+    min_multiple_of_category: float = Field(gt=0)
+    min_rate: float = Field(ge=0, lt=1)
+    min_affected_buyers: int = Field(ge=1)
+    min_tier: str
+
+
+class LicenceRule(_Strict):
+    """A hard rule: a licence in this state in a regulated category puts the merchant at least in ``min_tier``."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    licence_state: Literal["expired", "missing"]
+    min_tier: str
+
+
+class CollectiveComplaints(_Strict):
+    """A sudden surge of complaints from many people routes the merchant to human review."""
+
+    recent_days: int = Field(ge=1, le=60)
+    min_complaints: int = Field(ge=1)
+    min_distinct_complainants: int = Field(ge=1)
+    surge_multiple: float = Field(gt=1)
+    min_complaints_per_order: float = Field(gt=0, lt=1)
+    hold_days: int = Field(ge=1)
+
+
+class BlastRadius(_Strict):
+    """Hold the day's actions when implausibly many merchants newly head into a penalty tier."""
+
+    max_share: float = Field(gt=0, le=1)
+    trailing_multiple: float = Field(gt=1)
+    min_count: int = Field(ge=0)
+    trailing_days: int = Field(ge=1, le=56)
+    min_history_runs: int = Field(ge=1)
+
+
+class Enforcement(_Strict):
+    """How scores become enforcement tiers and actions (see ``docs/enforcement.md``)."""
+
+    penalty_from: str
+    max_days_to_penalty: int = Field(ge=1)
+    max_steps_per_day: int = Field(ge=1)
+    hysteresis_points: float = Field(ge=0, le=50)
+    min_days_in_tier: int = Field(ge=0)
+    improvement_days: int = Field(ge=1)
+    notice_days: int = Field(ge=0)
+    appeal_days: int = Field(ge=183)
+    hard_rule_release_ratio: float = Field(gt=0, le=1)
+    rate_rules: list[RateRule]
+    licence_rules: list[LicenceRule]
+    collective_complaints: CollectiveComplaints
+    blast_radius: BlastRadius
 
 
 class Policy(_Strict):
@@ -153,6 +221,7 @@ class Policy(_Strict):
     reasons: Reasons
     gate: Gate
     manipulation: Manipulation
+    enforcement: Enforcement
     shards: int = Field(ge=1, le=1024)
     #: sha256 of the file's bytes, filled on load, so a manifest pins the exact text.
     digest: str = ""
@@ -167,6 +236,27 @@ class Policy(_Strict):
         names = [t.name for t in self.tiers]
         if len(set(names)) != len(names) or self.insufficient_evidence_tier in names:
             raise ValueError("tier names must be unique and differ from insufficient_evidence_tier")
+        return self
+
+    @model_validator(mode="after")
+    def _enforcement_tiers_exist(self) -> Policy:
+        e = self.enforcement
+        names = [t.name for t in self.tiers]
+        for label, tier in ([("enforcement.penalty_from", e.penalty_from)]
+                            + [(f"enforcement.rate_rules.{r.name}.min_tier", r.min_tier) for r in e.rate_rules]
+                            + [(f"enforcement.licence_rules.{r.name}.min_tier", r.min_tier)
+                               for r in e.licence_rules]):
+            if tier not in names:
+                raise ValueError(f"{label}: {tier!r} is not one of the tiers {names}")
+        if names.index(e.penalty_from) == 0:
+            raise ValueError("enforcement.penalty_from: the best tier cannot be a penalty")
+        steps = -(-names.index(e.penalty_from) // e.max_steps_per_day)
+        if e.max_days_to_penalty < steps:
+            raise ValueError(f"enforcement.max_days_to_penalty: escalating {e.max_steps_per_day} step(s) a day "
+                             f"from {names[0]} takes {steps} days to reach {e.penalty_from}")
+        rule_names = [r.name for r in e.rate_rules] + [r.name for r in e.licence_rules]
+        if len(set(rule_names)) != len(rule_names):
+            raise ValueError("enforcement: hard rule names must be unique")
         return self
 
     @property

@@ -39,7 +39,7 @@ class ScoringInputs:
     registry: pl.LazyFrame     # merchants: merchant_id, name, category, registered_on, license_expires_on, status
     sales: pl.LazyFrame        # merchant_id, date, orders, late_shipments, cancellations
     reviews: pl.LazyFrame      # daily review aggregates with review_weight (see transforms.aggregates)
-    complaints: pl.LazyFrame   # current version of each complaint
+    complaints: pl.LazyFrame   # current version of each complaint, with complaint_weight (manipulation)
     returns: pl.LazyFrame      # current version of each return
 
 
@@ -182,6 +182,7 @@ def compute_evidence(inputs: ScoringInputs, score_date: date, as_of_end: datetim
     unresolved_late = (pl.col("status").is_in(["open", "escalated"]) & (age_us > res_deadline_us)) | (
         (pl.col("resolved_at") - pl.col("opened_at")).dt.total_microseconds() > res_deadline_us)
     c_fail = escalated | no_response.fill_null(False) | unresolved_late.fill_null(False)
+    cw = pl.col("_w") * pl.col("complaint_weight")
     c_agg = complaints.group_by("merchant_id").agg(
         pl.len().alias("complaint_count"),
         pl.col("complainant_id").n_unique().alias("complainant_distinct_count"),
@@ -193,11 +194,12 @@ def compute_evidence(inputs: ScoringInputs, score_date: date, as_of_end: datetim
         unresolved_late.fill_null(False).sum().alias("unresolved_past_deadline_count"),
         no_response.fill_null(False).sum().alias("no_timely_response_count"),
         escalated.sum().alias("escalated_complaint_count"),
-        (pl.col("category").is_in(["quality", "counterfeit"]) * pl.col("_w")).sum().alias("_quality_c_w"),
-        ((pl.col("category") == "not_as_described") * pl.col("_w")).sum().alias("_nad_c_w"),
-        (c_fail * pl.col("_w")).sum().alias("_c_fail_w"),
+        (pl.col("category").is_in(["quality", "counterfeit"]) * cw).sum().alias("_quality_c_w"),
+        ((pl.col("category") == "not_as_described") * cw).sum().alias("_nad_c_w"),
+        (c_fail * cw).sum().alias("_c_fail_w"),
         c_fail.sum().alias("_c_fail"),
-        pl.col("_w").sum().alias("_c_w"),
+        cw.sum().alias("_c_w"),
+        pl.col("is_surge").sum().alias("surge_complaint_count"),
     )
 
     reviews = _in_window(inputs.reviews, pl.col("event_day"), windows, score_date, hl)
@@ -230,7 +232,7 @@ _COUNT_COLS = ["orders_count", "late_shipment_count", "cancellation_count", "ret
                "quality_complaint_count", "nad_complaint_count", "resolved_complaint_count",
                "unresolved_past_deadline_count", "no_timely_response_count", "escalated_complaint_count",
                "review_count", "verified_review_count", "low_rating_count", "mismatch_review_count",
-               "discounted_review_count", "_ret_fail", "_c_fail"]
+               "discounted_review_count", "surge_complaint_count", "_ret_fail", "_c_fail"]
 _WEIGHT_COLS = ["_orders_w", "_fulfil_bad_w", "_defect_ret_w", "_nad_ret_w", "_ret_fail_w", "_ret_w",
                 "_quality_c_w", "_nad_c_w", "_c_fail_w", "_c_w", "_mismatch_w", "_rating_sum_w", "_rating_w"]
 
@@ -336,8 +338,12 @@ def score_merchants(evidence: pl.LazyFrame, score_date: date, policy: Policy) ->
     ev = ev.with_columns(pl.min_horizontal(licence_score, status_score).cast(pl.Float64).alias("compliance_score"))
 
     weights = dims.weights()
-    composite = sum((pl.col(f"{d}_score") * w for d, w in weights.items()), pl.lit(0.0))
-    ev = ev.with_columns(composite.clip(0.0, 100.0).alias("score"))
+    # Weighted geometric mean: a failing dimension cannot be bought back by excelling in
+    # another (a merchant selling defective goods fast is still selling defective goods).
+    # Sub-scores are floored at SUBSCORE_FLOOR so one zero does not erase all other evidence.
+    log_mean = sum((pl.col(f"{d}_score").clip(SUBSCORE_FLOOR, 100.0).log() * w for d, w in weights.items()),
+                   pl.lit(0.0))
+    ev = ev.with_columns(log_mean.exp().clip(0.0, 100.0).alias("score"))
 
     # Percentile within the category (100 = best in category) for each rate dimension.
     ev = ev.with_columns([
@@ -348,7 +354,9 @@ def score_merchants(evidence: pl.LazyFrame, score_date: date, policy: Policy) ->
 
     ev = ev.with_columns(
         ((pl.col("orders_count") >= policy.evidence.min_orders)
-         | (pl.col("review_count") >= policy.evidence.min_reviews)).alias("is_sufficient_evidence"))
+         # Discounted (suspected bought) reviews never count toward sufficient evidence.
+         | ((pl.col("review_count") - pl.col("discounted_review_count")) >= policy.evidence.min_reviews))
+        .alias("is_sufficient_evidence"))
     ev = ev.with_columns(_confidence(policy).alias("evidence_confidence"))
     ev = assign_tier(ev, policy)
     ev = add_reasons(ev, policy)
@@ -395,11 +403,26 @@ REASON_CODES: dict[str, str] = {
 BENCHMARK_SUBSCORE = 80.0
 
 
+#: Lowest sub-score entering the geometric mean (a zero would zero the whole score).
+SUBSCORE_FLOOR = 1.0
+
+
+def points_lost(d: str, weight: float) -> pl.Expr:
+    """Composite points dimension ``d`` costs against a typical merchant.
+
+    With a geometric mean, lifting sub-score ``s`` to the benchmark ``b`` multiplies
+    the score by ``(b / s) ** weight``; the points lost are the resulting gain.
+    """
+    bench = 100.0 if d == "compliance" else BENCHMARK_SUBSCORE
+    s = pl.col(f"{d}_score").clip(SUBSCORE_FLOOR, 100.0)
+    return pl.when(s < bench).then(pl.col("score") * ((bench / s).pow(weight) - 1.0)).otherwise(0.0)
+
+
 def add_reasons(frame: pl.LazyFrame, policy: Policy) -> pl.LazyFrame:
     """Reason codes: the dimensions that cost the most composite points vs the benchmark.
 
     A dimension is a reason when it costs at least ``reasons.min_points_lost``
-    points against a typical merchant (sub-score 80); at most ``reasons.max_codes``
+    points against a typical merchant (sub-score 80; see :func:`points_lost`); at most ``reasons.max_codes``
     are listed, worst first. ``reason_details`` gives each one's value against its
     category benchmark in words.
     """
@@ -407,8 +430,7 @@ def add_reasons(frame: pl.LazyFrame, policy: Policy) -> pl.LazyFrame:
     lost = [
         pl.struct(
             pl.lit(REASON_CODES[d]).alias("code"),
-            (weights[d] * (pl.lit(100.0 if d == "compliance" else BENCHMARK_SUBSCORE) - pl.col(f"{d}_score")))
-            .alias("points"),
+            points_lost(d, weights[d]).alias("points"),
             _detail(d).alias("detail"),
         )
         for d in DIMENSIONS

@@ -8,7 +8,7 @@ from typing import Any
 import polars as pl
 
 from transforms.aggregates import review_day_aggregates
-from transforms.manipulation import discount_reviews
+from transforms.manipulation import discount_complaints, discount_reviews
 from transforms.policy import Policy, load_policy
 from transforms.scoring import ScoringInputs, compute_evidence, score_merchants
 
@@ -73,8 +73,8 @@ def run_scores(reg: pl.LazyFrame, sal: pl.LazyFrame, rev: pl.LazyFrame | None = 
     policy = policy or load_policy()
     raw = rev if rev is not None else reviews([])
     rev = discount_reviews(review_day_aggregates(raw, policy, TZ), policy, TZ)
-    inputs = ScoringInputs(reg, sal, rev, com if com is not None else complaints([]),
-                           ret if ret is not None else returns([]))
+    com = discount_complaints(com if com is not None else complaints([]), policy, TZ)
+    inputs = ScoringInputs(reg, sal, rev, com, ret if ret is not None else returns([]))
     end = datetime(DAY.year, DAY.month, DAY.day, tzinfo=UTC) + timedelta(days=1)
     ev = compute_evidence(inputs, DAY, end, policy, TZ)
     return score_merchants(ev, DAY, policy).collect(engine="in-memory").sort("merchant_id")

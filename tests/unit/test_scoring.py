@@ -132,13 +132,16 @@ def test_expired_licence_in_a_regulated_category_zeroes_compliance() -> None:
     assert rows["C"]["licence_state"] == "expiring"
 
 
-def test_weights_sum_to_one_and_composite_is_the_weighted_mean() -> None:
-    reg = registry({"merchant_id": "A"})
+def test_weights_sum_to_one_and_composite_is_the_weighted_geometric_mean() -> None:
+    reg = registry({"merchant_id": "A", "category": "food", "license_expires_on": None})
     row = run_scores(reg, sales({"A": 40})).row(0, named=True)
     w = POLICY.dimensions.weights()
     assert math.isclose(sum(w.values()), 1.0)
-    expected = sum(row[f"{d}_score"] * wd for d, wd in w.items())
+    assert row["compliance_score"] == 0.0  # floored at 1 inside the mean
+    expected = math.prod(max(row[f"{d}_score"], 1.0) ** wd for d, wd in w.items())
     assert row["score"] == pytest.approx(expected)
+    # The reason's points are what lifting compliance to 100 would add.
+    assert row["reason_points"][0] == pytest.approx(expected * (100.0 ** w["compliance"] - 1.0))
 
 
 def test_review_campaign_is_discounted_and_reported() -> None:

@@ -227,10 +227,14 @@ def _read_one(lake: Lake, f: Any, spec: Any, st: Settings, key: bytes) -> tuple[
         else:
             raw, encoding = parse_jsonl(data, f.rel, st.csv_encodings)
     extra = check_columns(raw, spec, f.rel)
+    personal = [c.name for c in spec.columns if c.personal]
+    for c in personal:
+        if c in raw.columns and not castable_to_string(raw.schema[c]):
+            raise FileRejected(f.rel, "wrong_column_type", f"column {c} is of type {raw.schema[c]}, not string",
+                               hint=f"deliver {c} as string per the data contract")
     if raw.width == 0 or raw.height == 0:
         typed = _empty_typed(spec.name)
         return typed, {"file": f.rel, "rows": 0, "encoding": encoding, "extra_columns": extra}
-    personal = [c.name for c in spec.columns if c.personal]
     raw = pseudonymise(raw, personal, key)
     # Scalars as their delivered text; nested values (lists, structs) as JSON.
     original = raw.select(pl.struct([pl.col(c).cast(pl.String) if castable_to_string(t) else pl.col(c)
@@ -359,9 +363,12 @@ def evaluate_gate(lake: Lake, ctx: RunContext, policy: Policy, files: dict[str, 
                 tripped.append(check)
     day = ctx.day
     for source in g.expected_daily_sources:
-        present = day.isoformat() in validation[source]["staged_days"]
+        # A delivery is at least one file that was read (an empty or header-only file counts: "no
+        # rows today"); an empty folder, or one holding only skipped or misnamed files, does not.
+        prefix = f"landing/{source}/dt={day.isoformat()}/"
+        present = any(f["file"].startswith(prefix) for f in files[source]["files"])
         check = {"rule": "missing_source", "source": source, "dt": day.isoformat(), "value": present,
-                 "message": f"no {source} delivery landed for dt={day.isoformat()} (expected daily)"}
+                 "message": f"no readable {source} file landed in {prefix} (expected daily)"}
         checks.append(check)
         if not present:
             tripped.append(check)
@@ -394,7 +401,11 @@ def evaluate_gate(lake: Lake, ctx: RunContext, policy: Policy, files: dict[str, 
             tripped.append(check)
     # File-level failures first: they are the root cause when both kinds trip.
     tripped.sort(key=lambda c: not c["rule"].startswith("file:"))
-    return {"passed": not tripped, "tripped": tripped, "checks": checks, "override": g.override}
+    overridden = [c["rule"] for c in tripped] if g.override else []
+    if overridden:
+        log.warning("gate.override is set: publishing despite %s", ", ".join(overridden))
+    return {"passed": not tripped, "tripped": tripped, "checks": checks, "override": g.override,
+            "overridden": overridden}
 
 
 # ------------------------------------------------------------------------------- score
@@ -437,6 +448,10 @@ def review_aggregates(lake: Lake, ctx: RunContext, policy: Policy, tz: str, ws: 
     for staged in _resolved_staged_dirs(lake, ctx, "reviews", ws, ctx.day):
         d_iso = staged.rsplit("dt=", 1)[1]
         public = f"agg/reviews/dt={d_iso}"
+        built = lake.parquet_files(f"{ctx.work}/{public}")
+        if built:  # built earlier in this attempt (by prepare_score)
+            files += built
+            continue
         existing = lake.parquet_files(public)
         if d_iso not in restaged and existing and \
                 (pq.read_schema(existing[0]).metadata or {}).get(b"agg_key", b"").decode() == key:
@@ -458,13 +473,43 @@ def review_aggregates(lake: Lake, ctx: RunContext, policy: Policy, tz: str, ws: 
 def score(ctx: RunContext, settings: Settings | None = None) -> RunContext:
     """Compute scores, enforcement state and actions into the attempt folder.
 
-    Enforcement runs here, before anything is written, because the published
-    ``tier`` is the *enforced* tier (after hysteresis and guards), not the raw band.
+    Runs :func:`prepare_score`, :func:`score_shard` for every shard of the policy,
+    then :func:`gather_scores` — the same steps the DAG fans out over workers.
     """
-    from transforms.enforcement import decide
+    ctx = prepare_score(ctx, settings)
+    for shard in range(ctx.notes["shards"]):
+        score_shard(ctx, shard, settings)
+    return gather_scores(ctx, settings)
+
+
+def prepare_score(ctx: RunContext, settings: Settings | None = None) -> RunContext:
+    """Build what every shard shares: missing daily review aggregates (all merchants)."""
+    from transforms.sharding import validate_shards
+
+    t0 = time.perf_counter()
+    st = _settings(settings, ctx.root)
+    lake = Lake(ctx.root)
+    policy = _policy(ctx)
+    validate_shards(policy.shards)
+    ws = ctx.day - timedelta(days=policy.window.extended_days - 1)
+    review_aggregates(lake, ctx, policy, st.business_timezone, ws)
+    ctx.notes["shards"] = policy.shards
+    _timed(ctx, "score_prepare", t0)
+    _save_ctx(lake, ctx)
+    return ctx
+
+
+def score_shard(ctx: RunContext, shard: int, settings: Settings | None = None) -> str:
+    """Per-merchant evidence for one shard's merchants, written to the attempt folder.
+
+    Everything here is per merchant (windows, campaign detection, counts), so shards
+    are independent; category priors, percentiles and tiers need all merchants and
+    are left to :func:`gather_scores`. Returns the shard's evidence path.
+    """
+    from transforms.enforcement import evidence_signals
     from transforms.manipulation import discount_complaints, discount_reviews
-    from transforms.schemas import ACTIONS_SCHEMA, ENFORCEMENT_STATE_SCHEMA
-    from transforms.scoring import ScoringInputs, compute_evidence, score_merchants
+    from transforms.scoring import ScoringInputs, compute_evidence
+    from transforms.sharding import shard_members
 
     t0 = time.perf_counter()
     st = _settings(settings, ctx.root)
@@ -474,12 +519,56 @@ def score(ctx: RunContext, settings: Settings | None = None) -> RunContext:
     inputs = load_inputs(lake, ctx, policy, tz)
     registry = inputs["merchants"].select(
         "merchant_id", "name", "category", "registered_on", "license_expires_on", "status")
-    reviews = discount_reviews(inputs["reviews"], policy, tz)
-    complaints = discount_complaints(inputs["complaints"], policy, tz)
+    members = shard_members(registry.select("merchant_id").collect(engine="in-memory"), shard,
+                            ctx.notes["shards"]).lazy()
+
+    def mine(frame: pl.LazyFrame) -> pl.LazyFrame:
+        return frame.join(members, on="merchant_id", how="semi")
+
+    reviews = discount_reviews(mine(inputs["reviews"]), policy, tz)
+    complaints = discount_complaints(mine(inputs["complaints"]), policy, tz)
     _, end = business_day_bounds(ctx.day, st.tz)
-    ev = compute_evidence(ScoringInputs(registry, inputs["sales"], reviews, complaints,
-                                        inputs["returns"]), ctx.day, end, policy, tz)
-    scored = score_merchants(ev, ctx.day, policy).with_columns(pl.lit(ctx.run_id).alias("run_id"))
+    ev = compute_evidence(ScoringInputs(mine(registry), mine(inputs["sales"]), reviews, complaints,
+                                        mine(inputs["returns"])), ctx.day, end, policy, tz)
+    rel = f"{ctx.work}/evidence/shard={shard:03d}.parquet"
+    frame = ev.collect(engine="in-memory").sort("merchant_id")
+    # Signals of the enforcement guards and hard rules (recent complaints, distinct buyers affected).
+    frame = frame.join(evidence_signals(mine(inputs["complaints"]), mine(inputs["returns"]), mine(inputs["sales"]),
+                                        frame, ctx.day, policy, tz), on="merchant_id", how="left",
+                       maintain_order="left")
+    lake.write_parquet(frame.to_arrow(), rel)
+    # Shards may run in other processes (Airflow workers): their timings travel beside the evidence.
+    lake.write_json({"seconds": round(time.perf_counter() - t0, 3), "merchants": frame.height},
+                    f"{ctx.work}/evidence/shard={shard:03d}.json")
+    return rel
+
+
+def gather_scores(ctx: RunContext, settings: Settings | None = None) -> RunContext:
+    """Score all merchants from the shards' evidence, run enforcement, write the outputs.
+
+    Enforcement runs here, before anything is written, because the published
+    ``tier`` is the *enforced* tier (after hysteresis and guards), not the raw band.
+    """
+    from transforms.enforcement import decide
+    from transforms.schemas import ACTIONS_SCHEMA, ENFORCEMENT_STATE_SCHEMA
+    from transforms.scoring import score_merchants
+
+    t0 = time.perf_counter()
+    lake = Lake(ctx.root)
+    policy = _policy(ctx)
+    shards = ctx.notes["shards"]
+    paths = [lake.path(f"{ctx.work}/evidence/shard={k:03d}.parquet") for k in range(shards)]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise ReputationError(f"evidence of {len(missing)} shard(s) is missing: {missing[:3]}",
+                              hint="rerun the score_shard tasks of this run, then gather")
+    # Sorted by merchant so category sums add up in the same order whatever the shard count.
+    ev = pl.read_parquet([str(p) for p in paths]).sort("merchant_id")
+    shard_seconds = [(lake.read_json(f"{ctx.work}/evidence/shard={k:03d}.json") or {}).get("seconds", 0.0)
+                     for k in range(shards)]
+    ctx.timings["score_shards"] = round(sum(shard_seconds), 3)
+    ctx.notes["shard_seconds"] = shard_seconds
+    scored = score_merchants(ev.lazy(), ctx.day, policy).with_columns(pl.lit(ctx.run_id).alias("run_id"))
     df = scored.collect(engine="in-memory").sort("merchant_id")
     decision = decide(df, latest_before(lake, "state/enforcement", ctx.day), recent_enforcement(lake, ctx.day),
                       policy, ctx.day, ctx.run_id)
@@ -490,6 +579,10 @@ def score(ctx: RunContext, settings: Settings | None = None) -> RunContext:
     lake.write_parquet(table_from_polars(decision.state.sort("merchant_id"), ENFORCEMENT_STATE_SCHEMA),
                        f"{ctx.work}/state/part-0.parquet",
                        metadata=meta | {"grain": "one row per merchant: enforcement state after score_date"})
+    if decision.released_state is not None:  # what `reputation release` publishes after review
+        lake.write_parquet(table_from_polars(decision.released_state.sort("merchant_id"), ENFORCEMENT_STATE_SCHEMA),
+                           f"{ctx.work}/held_state/part-0.parquet",
+                           metadata=meta | {"grain": "one row per merchant: state after score_date if released"})
     actions_dir = "held_actions" if decision.held else "actions"
     lake.write_parquet(table_from_polars(decision.actions.sort("merchant_id"), ACTIONS_SCHEMA),
                        f"{ctx.work}/{actions_dir}/part-0.parquet",
@@ -499,7 +592,7 @@ def score(ctx: RunContext, settings: Settings | None = None) -> RunContext:
     ctx.notes["enforcement"] = decision.summary
     ctx.notes["held"] = decision.held
     ctx.notes["tier_counts"] = dict(df.group_by("tier").len().sort("tier").iter_rows())
-    _timed(ctx, "score", t0)
+    _timed(ctx, "score_gather", t0)
     _save_ctx(lake, ctx)
     return ctx
 
@@ -563,11 +656,15 @@ def publish(ctx: RunContext, settings: Settings | None = None) -> RunResult:
         "scores": {"path": f"scores/score_date={ctx.score_date}", "rows": scores.height},
         actions_dir: {"path": f"{actions_dir}/score_date={ctx.score_date}", "rows": ctx.notes.get("actions_rows", 0)},
         "enforcement_state": {"path": f"state/enforcement/score_date={ctx.score_date}"},
+        **({"enforcement_state_if_released": {"path": f"state/enforcement_held/score_date={ctx.score_date}"}}
+           if held else {}),
         "quarantine": [quarantine_dir(s, date.fromisoformat(d)) for s in STAGE_ORDER
                        for d in ctx.days_to_stage[s]],
         "data_docs": f"runs/score_date={ctx.score_date}/data_docs/index.html",
     }
     manifest["scores_suite"] = {"suite": res.suite, "success": res.success}
+    # The governance report goes into the attempt's run folder, so it becomes visible with the manifest.
+    manifest["outputs"]["report"] = _attempt_report(lake, ctx, policy, manifest, scores, actions_dir)
     lake.write_json(manifest, f"{ctx.work}/runs/manifest.json")
     switches: list[tuple[str, str]] = []
     for source in STAGE_ORDER:
@@ -578,6 +675,7 @@ def publish(ctx: RunContext, settings: Settings | None = None) -> RunResult:
     switches += [(str(a), str(b)) for a, b in ctx.notes.get("agg_switches", [])]
     switches.append((f"scores/score_date={ctx.score_date}", f"{ctx.work}/scores"))
     switches.append((f"state/enforcement/score_date={ctx.score_date}", f"{ctx.work}/state"))
+    switches.append((f"state/enforcement_held/score_date={ctx.score_date}", f"{ctx.work}/held_state" if held else ""))
     # Held actions never reach actions/: a rerun that holds also withdraws an earlier feed of the date.
     other = "actions" if held else "held_actions"
     switches.append((f"{other}/score_date={ctx.score_date}", ""))
@@ -596,10 +694,35 @@ def publish(ctx: RunContext, settings: Settings | None = None) -> RunResult:
     return RunResult(ctx.day, status, exit_code, ctx.run_id, manifest_path, message, manifest)
 
 
+def _attempt_report(lake: Lake, ctx: RunContext, policy: Policy, manifest: dict[str, Any], scores: pl.DataFrame,
+                    actions_dir: str) -> str | dict[str, str]:
+    """Render ``report.html`` into the attempt's run folder; returns its public path.
+
+    A bug in the report never blocks publishing scores and actions: it is logged and
+    recorded in the manifest (``outputs.report.error``) instead.
+    """
+    from transforms.report import REPORT_NAME, ReportInputs, render_report
+
+    t0 = time.perf_counter()
+    rel = f"runs/score_date={ctx.score_date}/{REPORT_NAME}"
+    try:
+        files = lake.parquet_files(f"{ctx.work}/{actions_dir}")
+        page = render_report(ReportInputs(
+            day=ctx.day, manifest=manifest | {"outputs": manifest["outputs"] | {"report": rel}}, scores=scores,
+            previous=latest_before(lake, "scores", ctx.day), actions=pl.read_parquet(files) if files else None,
+            tiers=[(t.name, float(t.min_score)) for t in policy.tiers]))
+        lake.write_text(page, f"{ctx.work}/runs/{REPORT_NAME}")
+    except Exception as exc:  # the report is a view; the outputs it shows must still publish
+        log.exception("governance report failed; publishing without it")
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    _timed(ctx, "report", t0)
+    return rel
+
+
 def _cleanup_attempt(lake: Lake, ctx: RunContext) -> None:
     import shutil
 
-    for leftover in ("typed", "context.json", "files.json", "validation.json", "gate.json"):
+    for leftover in ("typed", "evidence", "context.json", "files.json", "validation.json", "gate.json"):
         p = lake.path(f"{ctx.work}/{leftover}")
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)

@@ -253,7 +253,9 @@ def score_merchants(evidence: pl.LazyFrame, score_date: date, policy: Policy) ->
     dims = policy.dimensions
     ev = evidence.with_columns(
         [pl.col(c).fill_null(0).cast(pl.Int64) for c in _COUNT_COLS]
-        + [pl.col(c).fill_null(0.0).cast(pl.Float64) for c in _WEIGHT_COLS]
+        # Decayed sums are rounded to 1e-9 so that the order in which rows were added (which
+        # depends on threads, shards and file layout) can never change a published digit.
+        + [pl.col(c).fill_null(0.0).cast(pl.Float64).round(9) for c in _WEIGHT_COLS]
         + [pl.col("discount_reasons").fill_null(pl.lit([], pl.List(pl.String)))]
     )
     # Numerators and exposures per rate dimension: (raw bad, raw exposure, weighted bad, weighted exposure).
@@ -287,8 +289,8 @@ def score_merchants(evidence: pl.LazyFrame, score_date: date, policy: Policy) ->
         cfg = getattr(dims, d)
         pooled = (pl.col(f"_{d}_bad_w").sum() / pl.col(f"_{d}_exp_w").sum()).fill_nan(None)
         prior_exprs.append(pl.max_horizontal(pooled.fill_null(cfg.min_category_rate), pl.lit(cfg.min_category_rate))
-                           .over("category").alias(f"{d}_category_rate"))
-    rating_prior = (pl.col("_rating_sum_w").sum() / pl.col("_rating_w").sum()).over("category")
+                           .over("category").round(12).alias(f"{d}_category_rate"))
+    rating_prior = (pl.col("_rating_sum_w").sum() / pl.col("_rating_w").sum()).over("category").round(12)
     ev = ev.with_columns(*prior_exprs, rating_prior.fill_nan(None).fill_null(4.0).alias("category_rating_mean"))
 
     cols: list[pl.Expr] = []

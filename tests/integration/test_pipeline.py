@@ -145,3 +145,34 @@ def test_incremental_nightly_runs_equal_a_full_recompute_from_raw(tmp_path: Path
     a, b = _scores(nightly, last), _scores(full, last)
     assert a.filter(pl.col("merchant_id") == "M2")["discounted_review_count"][0] == 12
     assert a.equals(b)
+
+
+def test_one_shard_and_four_shards_give_identical_scores_and_actions(tmp_path: Path) -> None:
+    import shutil
+
+    import yaml
+
+    from transforms.policy import default_policy_path
+
+    one = tmp_path / "one"
+    last = small_marketplace(one, days=4, merchants=24)
+    write_rows(one, "returns", last, [
+        {"return_id": f"Q{i}", "merchant_id": f"M{i % 5}", "order_id": "o", "requested_at": f"{last}T05:00:00Z",
+         "reason": "quality_defect", "status": "requested", "refund_amount": None, "resolved_at": None,
+         "updated_at": None} for i in range(40)], name="defects")
+    four = tmp_path / "four"
+    shutil.copytree(one / "landing", four / "landing")
+    policy = yaml.safe_load(default_policy_path().read_text(encoding="utf-8"))
+    policy["shards"] = 4
+    p4 = tmp_path / "four.yaml"
+    p4.write_text(yaml.safe_dump(policy), encoding="utf-8")
+    assert run_date(last, Settings(root=str(one))).exit_code == 0
+    assert run_date(last, Settings(root=str(four), policy_path=p4)).exit_code == 0
+    drop = ["run_id", "policy_version"]  # the policy file differs (shards), so its digest and run id do
+    a, b = _scores(one, last).drop(drop), _scores(four, last).drop(drop)
+    assert a.equals(b)
+    acts = [pl.read_parquet(r / "actions" / f"score_date={last}").drop(*drop, "statement") for r in (one, four)]
+    assert acts[0].equals(acts[1])
+    assert acts[0].height > 0
+    m4 = _manifest(four, last)
+    assert len(m4["timings_seconds"]) >= 3

@@ -1,0 +1,54 @@
+"""Stable merchant shards for scaling the per-merchant stages out over workers.
+
+A merchant's bucket is the first 8 bytes of SHA-256 of its id, modulo
+:data:`BUCKETS`; shard ``k`` of ``n`` owns the contiguous bucket range
+``[k·B/n, (k+1)·B/n)``. SHA-256 (not Polars' hash, which may change between
+versions) keeps a merchant in the same shard across releases and machines, and
+contiguous ranges let a shard skip row groups when data is sorted by bucket.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import polars as pl
+
+from transforms.errors import ConfigError
+
+BUCKETS = 64
+
+
+def validate_shards(n: int) -> None:
+    """Shard counts must divide the bucket count so every shard owns whole buckets."""
+    if n < 1 or BUCKETS % n:
+        raise ConfigError(f"shards={n} must divide {BUCKETS} (1, 2, 4, 8, 16, 32 or 64)",
+                          hint="set `shards` in the policy file to a power of two up to 64")
+
+
+def bucket_of(merchant_id: str) -> int:
+    """The stable bucket of one merchant id."""
+    return int.from_bytes(hashlib.sha256(merchant_id.encode()).digest()[:8], "big") % BUCKETS
+
+
+def with_bucket(frame: pl.DataFrame, column: str = "merchant_id") -> pl.DataFrame:
+    """Add a ``_bucket`` column (hashing each distinct id once)."""
+    ids = frame.get_column(column).drop_nulls().unique().to_list()
+    mapping = {m: bucket_of(m) for m in ids}
+    return frame.with_columns(pl.col(column).replace_strict(mapping, default=None, return_dtype=pl.Int16)
+                              .alias("_bucket"))
+
+
+def shard_bucket_range(shard: int, shards: int) -> tuple[int, int]:
+    """Half-open bucket range ``[lo, hi)`` owned by ``shard`` of ``shards``."""
+    validate_shards(shards)
+    if not 0 <= shard < shards:
+        raise ConfigError(f"shard {shard} is outside 0..{shards - 1}")
+    width = BUCKETS // shards
+    return shard * width, (shard + 1) * width
+
+
+def shard_members(registry: pl.DataFrame, shard: int, shards: int) -> pl.DataFrame:
+    """The registry rows (merchant ids) that belong to one shard."""
+    lo, hi = shard_bucket_range(shard, shards)
+    return with_bucket(registry.select("merchant_id").unique()).filter(
+        (pl.col("_bucket") >= lo) & (pl.col("_bucket") < hi)).select("merchant_id")

@@ -39,7 +39,10 @@ def evaluate(scores: pl.DataFrame, truth_dir: Path | str, *, min_orders: int = 1
     for archetype, code in EXPECTED_REASON.items():
         sub = j.filter((pl.col("archetype") == archetype) & pl.col("is_sufficient_evidence")
                        & (pl.col("orders_count") >= min_orders))
-        hit = sub.filter(pl.col("reason_codes").list.head(2).list.contains(code)).height
+        # Hard-rule codes (enforcement) come first when they fire; the check is about the
+        # score's own dimension reasons, so they are set aside before taking the first two.
+        dims = pl.col("reason_codes").list.eval(pl.element().filter(~pl.element().str.starts_with("hard_rule:")))
+        hit = sub.filter(dims.list.head(2).list.contains(code)).height
         reasons[archetype] = {"merchants": sub.height, "hits": hit,
                               "share": round(hit / sub.height, 4) if sub.height else None}
     small_good_penalised = j.filter(

@@ -43,6 +43,7 @@ class Evidence(_Strict):
     min_orders: int = Field(ge=0)
     min_reviews: int = Field(ge=0)
     confidence_level: float = Field(gt=0.5, lt=1.0)
+    category_prior_cap: float = Field(gt=0)
 
 
 class RateDimension(_Strict):
@@ -201,6 +202,7 @@ class Enforcement(_Strict):
     notice_days: int = Field(ge=0)
     appeal_days: int = Field(ge=183)
     hard_rule_release_ratio: float = Field(gt=0, le=1)
+    hard_rule_confidence_level: float = Field(gt=0.5, lt=1.0)
     rate_rules: list[RateRule]
     licence_rules: list[LicenceRule]
     collective_complaints: CollectiveComplaints

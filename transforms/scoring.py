@@ -237,6 +237,31 @@ _WEIGHT_COLS = ["_orders_w", "_fulfil_bad_w", "_defect_ret_w", "_nad_ret_w", "_r
                 "_quality_c_w", "_nad_c_w", "_c_fail_w", "_c_w", "_mismatch_w", "_rating_sum_w", "_rating_w"]
 
 
+def robust_category_rate(d: str, floor: float, cap: float, z: float, passes: int = 2) -> pl.Expr:
+    """The category norm of a rate dimension (an expression over all merchants).
+
+    Each merchant contributes its decayed bad events and exposure scaled by
+    ``min(1, cap / exposure)``, so no merchant weighs more than ``cap`` orders.
+    After each pass, merchants whose Wilson lower bound (raw counts) exceeds the
+    current norm are excluded from the next: the norm is that of the category's
+    merchants who are not demonstrably worse than it. Never below ``floor``.
+    """
+    bad, exp_ = pl.col(f"_{d}_bad_w"), pl.col(f"_{d}_exp_w")
+    scale = pl.when(exp_ > cap).then(cap / exp_).otherwise(1.0)
+    lo, _ = wilson_bounds(pl.col(num_col_name(d)).clip(upper_bound=pl.col(f"{d}_exposure_count")),
+                          pl.col(f"{d}_exposure_count"), z)
+
+    def pooled(keep: pl.Expr) -> pl.Expr:
+        num = (bad * scale).filter(keep).sum().over("category")
+        den = (exp_ * scale).filter(keep).sum().over("category")
+        return pl.when(den > 0).then(num / den).otherwise(None)
+
+    norm = pooled(pl.lit(True))
+    for _ in range(passes):
+        norm = pl.coalesce(pooled(lo <= norm.fill_null(1.0)), norm)
+    return pl.max_horizontal(norm.fill_nan(None).fill_null(floor), pl.lit(floor)).round(12)
+
+
 def score_merchants(evidence: pl.LazyFrame, score_date: date, policy: Policy) -> pl.LazyFrame:
     """Turn evidence into dimension sub-scores, the composite, tier and reasons.
 
@@ -282,16 +307,15 @@ def score_merchants(evidence: pl.LazyFrame, score_date: date, policy: Policy) ->
     )
     num_col = {"quality": "quality_defect_count", "description": "description_mismatch_count",
                "after_sales": "after_sales_failure_count", "fulfilment": "fulfilment_failure_count"}
-    # Category priors: pooled weighted rates, floored so a spotless category does not make
-    # one defect look catastrophic.
-    prior_exprs = []
+    # Category priors: the norm of the category's well-behaved majority. A plain pooled rate
+    # would let a few giant bad merchants define "normal"; instead each merchant's exposure is
+    # capped, and merchants whose interval lies entirely above the current norm are set aside
+    # for the next pass (twice).
     for d in RATE_DIMENSIONS:
-        cfg = getattr(dims, d)
-        pooled = (pl.col(f"_{d}_bad_w").sum() / pl.col(f"_{d}_exp_w").sum()).fill_nan(None)
-        prior_exprs.append(pl.max_horizontal(pooled.fill_null(cfg.min_category_rate), pl.lit(cfg.min_category_rate))
-                           .over("category").round(12).alias(f"{d}_category_rate"))
+        ev = ev.with_columns(robust_category_rate(d, getattr(dims, d).min_category_rate,
+                                                  policy.evidence.category_prior_cap, z).alias(f"{d}_category_rate"))
     rating_prior = (pl.col("_rating_sum_w").sum() / pl.col("_rating_w").sum()).over("category").round(12)
-    ev = ev.with_columns(*prior_exprs, rating_prior.fill_nan(None).fill_null(4.0).alias("category_rating_mean"))
+    ev = ev.with_columns(rating_prior.fill_nan(None).fill_null(4.0).alias("category_rating_mean"))
 
     cols: list[pl.Expr] = []
     for d in RATE_DIMENSIONS:

@@ -42,4 +42,22 @@ if [[ ! -f "$AIRFLOW_HOME/airflow.db" || ! -f "$MARKER" ]]; then
   fi
 fi
 
+# The merchant_scores asset's URI is <lake root>/scores. Airflow keeps one active asset per
+# name and only a running scheduler re-activates it under a new URI, so after switching
+# REPUTATION_ROOT a `dags test` fails at publish with "inactive assets in its outlets".
+LAKE="${REPUTATION_ROOT:-data/lake}"
+LAKE="${LAKE#file://}"
+LAKE="${LAKE%/}"
+if [[ "$LAKE" != /* && "$LAKE" != *://* ]]; then LAKE="$REPO/$LAKE"; fi
+LAKE_MARK="$AIRFLOW_HOME/.lake-root"
+if [[ "${1:-}" == "dags" && "${2:-}" == "test" ]]; then
+  if [[ ! -f "$LAKE_MARK" ]]; then
+    printf '%s\n' "$LAKE" >"$LAKE_MARK"
+  elif [[ "$(cat "$LAKE_MARK")" != "$LAKE" ]]; then
+    echo "warning: $AIRFLOW_HOME was first used with lake root $(cat "$LAKE_MARK"), now $LAKE;" \
+         "publish may fail with 'inactive assets' (Airflow keeps the old merchant_scores asset active)." \
+         "Remove $AIRFLOW_HOME to start a fresh metadata DB for this root." >&2
+  fi
+fi
+
 exec "$AIRFLOW" "$@"

@@ -27,7 +27,8 @@ inside the tasks, so parsing this file stays cheap.
 
 ## Failures
 
-* Tasks retry twice on errors (a locked date, a storage hiccup, a bug).
+* Tasks retry twice, a minute apart, on errors (a locked date, a storage
+  hiccup, a bug); `REPUTATION_AIRFLOW_RETRIES` (read at parse time) changes the count.
 * **A data rejection (`InputRejected`: a bad file or a tripped gate) is never
   retried**: the task writes the failed manifest
   (`runs/score_date=D/manifest.json`, unless the date is already published)
@@ -50,6 +51,7 @@ import logging
 import os
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
+from inspect import cleandoc
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -63,6 +65,8 @@ log = logging.getLogger("reputation.airflow")
 BUSINESS_TZ = os.environ.get("REPUTATION_BUSINESS_TIMEZONE") or "UTC"
 ZoneInfo(BUSINESS_TZ)  # an unknown zone is an import error naming the zone, not a silent UTC
 SCHEDULE = CronDataIntervalTimetable("0 2 * * *", timezone=BUSINESS_TZ)
+#: Retries of a task on errors other than a data rejection (tests set 0 to fail fast).
+RETRIES = int(os.environ.get("REPUTATION_AIRFLOW_RETRIES") or 2)
 #: How long a task waits for another run of the same date (e.g. a CLI run) before failing.
 LOCK_WAIT_SECONDS = 60.0
 #: The task whose return value is the context a failed task started from.
@@ -152,7 +156,7 @@ def _record_failed_stage(context: Any) -> None:
 
 TASK_DEFAULTS: dict[str, Any] = {
     "owner": "data-eng",
-    "retries": 2,
+    "retries": RETRIES,
     "retry_delay": timedelta(minutes=1),
     "execution_timeout": timedelta(hours=2),
     "on_failure_callback": _record_failed_stage,
@@ -176,12 +180,12 @@ TASK_DEFAULTS: dict[str, Any] = {
     },
 )
 def merchant_reputation() -> None:
-    @task(doc_md="""
+    @task(doc_md=cleandoc("""
     **ingest**: pick the score date (see the DAG doc), then read and type every
     landing file the date needs into a fresh attempt folder. Returns the run
     context (small JSON) for `validate`. Unreadable files are only *reported*
     here; `validate` decides.
-    """)
+    """))
     def ingest() -> dict[str, Any]:
         context = get_current_context()
         dag_run = context["dag_run"]
@@ -203,30 +207,30 @@ def merchant_reputation() -> None:
         except ConfigError as exc:
             raise AirflowFailException(f"configuration error at ingest: {exc}") from exc
 
-    @task(doc_md="""
+    @task(doc_md=cleandoc("""
     **validate**: run the Great Expectations suites, quarantine bad rows and
     apply the fail-closed gate. A rejected batch (bad file, tripped gate) writes
     the failed manifest and fails the run **without retry**.
-    """)
+    """))
     def validate(ctx: dict[str, Any]) -> dict[str, Any]:
         from transforms import pipeline
 
         return _run_stage("validate", ctx, lambda c: pipeline.validate(c).to_json())
 
-    @task(doc_md="""
+    @task(doc_md=cleandoc("""
     **score**: compute every merchant's score and the enforcement actions into
     the attempt folder (not yet visible to readers).
-    """)
+    """))
     def score(ctx: dict[str, Any]) -> dict[str, Any]:
         from transforms import pipeline
 
         return _run_stage("score", ctx, lambda c: pipeline.score(c).to_json())
 
-    @task(outlets=[MERCHANT_SCORES], doc_md="""
+    @task(outlets=[MERCHANT_SCORES], doc_md=cleandoc("""
     **publish**: check the scores with their suite, write the manifest and commit
     the date's outputs atomically, then update the `merchant_scores` asset
     (event extra: `score_date`, `status`, `run_id`).
-    """)
+    """))
     def publish(ctx: dict[str, Any]) -> dict[str, Any]:
         from transforms import pipeline
 

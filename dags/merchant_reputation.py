@@ -70,7 +70,8 @@ RETRIES = int(os.environ.get("REPUTATION_AIRFLOW_RETRIES") or 2)
 #: How long a task waits for another run of the same date (e.g. a CLI run) before failing.
 LOCK_WAIT_SECONDS = 60.0
 #: The task whose return value is the context a failed task started from.
-UPSTREAM = {"validate": "ingest", "score": "validate", "publish": "score"}
+UPSTREAM = {"validate": "ingest", "score_prepare": "validate", "score_shard": "score_prepare",
+            "shard_ids": "score_prepare", "score_gather": "score_prepare", "publish": "score_gather"}
 SCHEDULED_RUN_TYPES = frozenset({"scheduled", "backfill"})
 
 
@@ -218,13 +219,41 @@ def merchant_reputation() -> None:
         return _run_stage("validate", ctx, lambda c: pipeline.validate(c).to_json())
 
     @task(doc_md=cleandoc("""
-    **score**: compute every merchant's score and the enforcement actions into
-    the attempt folder (not yet visible to readers).
+    **score_prepare**: build what every shard shares (the new day's review
+    aggregates) and read the shard count from the policy.
     """))
-    def score(ctx: dict[str, Any]) -> dict[str, Any]:
+    def score_prepare(ctx: dict[str, Any]) -> dict[str, Any]:
         from transforms import pipeline
 
-        return _run_stage("score", ctx, lambda c: pipeline.score(c).to_json())
+        return _run_stage("score_prepare", ctx, lambda c: pipeline.prepare_score(c).to_json())
+
+    @task(doc_md="**shard_ids**: the shard numbers to fan out over (`shards` in the policy).")
+    def shard_ids(ctx: dict[str, Any]) -> list[int]:
+        return list(range(int(ctx["notes"]["shards"])))
+
+    @task(map_index_template="shard {{ task.op_kwargs['shard'] }}", doc_md=cleandoc("""
+    **score_shard** (dynamically mapped, one task per shard): per-merchant evidence
+    for the shard's merchants. Shards are independent and write only their own
+    evidence file, so they run on as many workers as the deployment has; they do
+    not take the date lock (the run already holds its attempt folder alone).
+    """))
+    def score_shard(ctx: dict[str, Any], shard: int) -> int:
+        _quiet_libraries()
+        from transforms import pipeline
+
+        pipeline.score_shard(pipeline.RunContext.from_json(ctx), shard)
+        return shard
+
+    @task(doc_md=cleandoc("""
+    **score_gather**: the steps that need all merchants — category norms and
+    percentiles, tiers, reasons, enforcement and the blast-radius guard — into
+    the attempt folder (not yet visible to readers).
+    """))
+    def score_gather(ctx: dict[str, Any], done: list[int]) -> dict[str, Any]:
+        from transforms import pipeline
+
+        log.info("gathering %d shard(s)", len(list(done)))
+        return _run_stage("score_gather", ctx, lambda c: pipeline.gather_scores(c).to_json())
 
     @task(outlets=[MERCHANT_SCORES], doc_md=cleandoc("""
     **publish**: check the scores with their suite, write the manifest and commit
@@ -246,7 +275,9 @@ def merchant_reputation() -> None:
             k: out[k] for k in ("score_date", "status", "run_id")}
         return out
 
-    publish(score(validate(ingest())))
+    prepared = score_prepare(validate(ingest()))
+    shards = score_shard.partial(ctx=prepared).expand(shard=shard_ids(prepared))
+    publish(score_gather(prepared, shards))
 
 
 merchant_reputation()

@@ -23,7 +23,11 @@ from airflow.sdk import CronDataIntervalTimetable  # noqa: E402
 from airflow.serialization.encoders import coerce_to_core_timetable  # noqa: E402
 from airflow.timetables.base import TimeRestriction  # noqa: E402
 
-EXPECTED_TASKS = {"ingest": {"validate"}, "validate": {"score"}, "score": {"publish"}, "publish": set()}
+EXPECTED_TASKS = {
+    "ingest": {"validate"}, "validate": {"score_prepare"},
+    "score_prepare": {"shard_ids", "score_shard", "score_gather"}, "shard_ids": {"score_shard"},
+    "score_shard": {"score_gather"}, "score_gather": {"publish"}, "publish": set(),
+}
 
 
 @pytest.fixture(scope="module")

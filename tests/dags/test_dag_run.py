@@ -82,7 +82,7 @@ def test_manual_run_publishes_its_logical_date(airflow_env, published):
     m = manifest(root, day)
     assert (m["status"], m["score_date"], m["exit_code"]) == ("published", day.isoformat(), 0)
     assert {t: s for t, (s, _) in task_states(airflow_env, day).items()} == dict.fromkeys(
-        ("ingest", "validate", "score", "publish"), "success")
+        ("ingest", "validate", "score_prepare", "shard_ids", "score_shard", "score_gather", "publish"), "success")
     with sqlite3.connect(Path(airflow_env["AIRFLOW_HOME"]) / "airflow.db") as db:
         events = db.execute("select a.uri, e.extra from asset_event e join asset a on a.id = e.asset_id "
                             "where a.name = 'merchant_scores'").fetchall()
@@ -152,10 +152,10 @@ def test_failure_callback_records_the_stage_and_never_raises(tmp_path, dag_modul
     ctx = ingest(day, root=str(root)).to_json()
 
     class TI:
-        task_id = "score"
+        task_id = "score_gather"
 
         def xcom_pull(self, task_ids: str) -> dict[str, Any]:
-            assert task_ids == "validate"
+            assert task_ids == "score_prepare"
             return ctx
 
     class BrokenTI(TI):
@@ -165,7 +165,7 @@ def test_failure_callback_records_the_stage_and_never_raises(tmp_path, dag_modul
     mr, _ = dag_modules
     mr._record_failed_stage({"ti": TI(), "exception": RuntimeError("disk full")})
     m = manifest(root, day)
-    assert (m["status"], m["error"]["stage"], m["error"]["message"]) == ("failed", "score", "disk full")
+    assert (m["status"], m["error"]["stage"], m["error"]["message"]) == ("failed", "score_gather", "disk full")
 
     recorded = AirflowFailException("input rejected")
     recorded.manifest_recorded = "somewhere"  # type: ignore[attr-defined]

@@ -51,9 +51,14 @@ def _fail(exc: ReputationError) -> None:
     raise typer.Exit(exc.exit_code)
 
 
-def _setup_logging(level: str = "WARNING") -> None:
-    logging.basicConfig(level=getattr(logging, level), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+def _setup_logging() -> None:
+    import os
+
+    from transforms.logs import configure
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    configure(os.environ.get("REPUTATION_LOG_FORMAT", "text"), os.environ.get("REPUTATION_LOG_LEVEL", "WARNING"))
 
 
 @app.command()
@@ -232,6 +237,21 @@ def status(root: RootOpt = None, date_: Annotated[str | None, typer.Option("--da
                       str(outputs.get("scores", {}).get("rows", "-")), str(outputs.get("actions", {}).get("rows", "-")),
                       str(q), f"{sum((m.get('timings_seconds') or {}).values()):.1f}")
     out.print(table)
+
+
+@app.command()
+def report(date_: DateOpt, root: RootOpt = None) -> None:
+    """Rebuild the governance report runs/score_date=D/report.html from the published outputs."""
+    from transforms.lake import Lake
+    from transforms.report import write_report
+
+    try:
+        st = _settings(root)
+        path = write_report(Lake(st.root), _date(date_))
+    except ReputationError as exc:
+        _fail(exc)
+        return
+    out.print(f"wrote {path}", highlight=False)
 
 
 @app.command()

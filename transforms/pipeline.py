@@ -97,7 +97,10 @@ def _policy(ctx: RunContext) -> Policy:
 
 
 def _timed(ctx: RunContext, step: str, start: float) -> None:
+    from transforms.logs import stage_log
+
     ctx.timings[step] = round(time.perf_counter() - start, 3)
+    stage_log(step, ctx, seconds=ctx.timings[step])
 
 
 def _save_ctx(lake: Lake, ctx: RunContext) -> None:
@@ -196,7 +199,6 @@ def ingest(score_date: date, settings: Settings | None = None, *, root: str | No
     lake.write_json(files_report, f"{ctx.work}/files.json")
     _timed(ctx, "ingest", t0)
     _save_ctx(lake, ctx)
-    log.info("ingest done", extra={"run_id": ctx.run_id, "score_date": ctx.score_date})
     return ctx
 
 

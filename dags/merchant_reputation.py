@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from inspect import cleandoc
@@ -114,10 +115,14 @@ def _run_stage(stage: str, ctx_json: dict[str, Any], step: Callable[[Any], Any])
     _quiet_libraries()
     from transforms.errors import ConfigError, InputRejected
     from transforms.lake import Lake
+    from transforms.objectstore import local_root
     from transforms.pipeline import RunContext, record_failure
 
     ctx = RunContext.from_json(ctx_json)
-    with Lake(ctx.root).lock(f"score_date={ctx.score_date}", wait_seconds=LOCK_WAIT_SECONDS):
+    remote = ctx.notes.get("remote_root")
+    with local_root(remote or ctx.root, attempt=ctx.attempt_id, publishing=stage == "publish") as local, \
+            Lake(local).lock(f"score_date={ctx.score_date}", wait_seconds=LOCK_WAIT_SECONDS):
+        ctx.root = local  # an object-store run works on this worker's mirror
         try:
             return step(ctx)
         except InputRejected as exc:
@@ -200,11 +205,17 @@ def merchant_reputation() -> None:
         from transforms import pipeline
         from transforms.errors import ConfigError
         from transforms.lake import Lake
+        from transforms.objectstore import is_remote, local_root
 
         root = lake_root()
+        attempt = uuid.uuid4().hex[:12]
         try:
-            with Lake(root).lock(f"score_date={day.isoformat()}", wait_seconds=LOCK_WAIT_SECONDS):
-                return pipeline.ingest(day, root=root).to_json()
+            with local_root(root, attempt=attempt) as local, \
+                    Lake(local).lock(f"score_date={day.isoformat()}", wait_seconds=LOCK_WAIT_SECONDS):
+                ctx = pipeline.ingest(day, root=local, attempt_id=attempt)
+                if is_remote(root):
+                    ctx.notes["remote_root"] = root
+                return ctx.to_json()
         except ConfigError as exc:
             raise AirflowFailException(f"configuration error at ingest: {exc}") from exc
 
@@ -240,8 +251,12 @@ def merchant_reputation() -> None:
     def score_shard(ctx: dict[str, Any], shard: int) -> int:
         _quiet_libraries()
         from transforms import pipeline
+        from transforms.objectstore import local_root
 
-        pipeline.score_shard(pipeline.RunContext.from_json(ctx), shard)
+        run = pipeline.RunContext.from_json(ctx)
+        with local_root(run.notes.get("remote_root") or run.root, attempt=run.attempt_id) as local:
+            run.root = local
+            pipeline.score_shard(run, shard)
         return shard
 
     @task(doc_md=cleandoc("""

@@ -173,6 +173,14 @@ class Mirror:
         self._save()
         return n
 
+    def drop_remote(self, prefix: str) -> None:
+        """Delete every object under ``prefix`` (a finished run's scratch folder)."""
+        for rel in self.store.listing(prefix):
+            self.store.delete(rel)
+            self.remote_seen.pop(rel, None)
+            self.pushed.pop(rel, None)
+        self._save()
+
     def push(self, tables: tuple[str, ...] = PUSH_TABLES) -> int:
         """Upload changed public files, delete withdrawn ones, manifests (``runs``) last."""
         n = 0
@@ -201,19 +209,33 @@ class Mirror:
 
 
 @contextlib.contextmanager
-def local_root(root: str) -> Iterator[str]:
+def local_root(root: str, *, attempt: str | None = None, publishing: bool = False) -> Iterator[str]:
     """Yield a local lake root for ``root``; for a remote root, sync around the body.
 
     The mirror is pulled before the body runs and pushed afterwards — also when the
-    body fails with a :class:`~transforms.errors.ReputationError`, so a failed run's
-    manifest reaches the store too.
+    body fails, so a failed run's manifest reaches the store too.
+
+    Parameters
+    ----------
+    root
+        Local folder or ``s3://`` URL.
+    attempt
+        A run's attempt id when the body is one step of a multi-task run (Airflow):
+        its scratch folder ``_attempts/<id>`` travels through the store so the next
+        step can run on another worker.
+    publishing
+        The body publishes the attempt: afterwards its scratch folder is removed
+        from the store instead of pushed (the published partitions carry the data).
     """
     if not is_remote(root):
         yield root
         return
     mirror = Mirror(root)
-    mirror.pull()
+    scratch = (f"_attempts/{attempt}",) if attempt else ()
+    mirror.pull(PULL_TABLES + scratch)
     try:
         yield str(mirror.local)
     finally:
-        mirror.push()
+        mirror.push(PUSH_TABLES + (() if publishing else scratch))
+        if publishing and attempt:
+            mirror.drop_remote(f"_attempts/{attempt}")

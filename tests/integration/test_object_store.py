@@ -121,3 +121,38 @@ def test_a_rejected_run_publishes_only_its_failed_manifest(s3_env: dict[str, str
     with fs.open_input_stream(f"lakebucket/bad/runs/score_date={last}/manifest.json") as fh:
         assert json.loads(fh.read())["status"] == "failed"
     shutil.rmtree(tmp_path / "src")
+
+
+@pytest.mark.airflow
+def test_the_dag_runs_against_the_object_store_with_two_shards(s3_env: dict[str, str], tmp_path: Path) -> None:
+    import yaml
+
+    from transforms.policy import default_policy_path
+
+    local = tmp_path / "src"
+    last = small_marketplace(local, days=2)
+    fs = _fs(s3_env)
+    _upload_tree(fs, local / "landing", "lakebucket/dag/landing")
+    policy = yaml.safe_load(default_policy_path().read_text(encoding="utf-8"))
+    policy["shards"] = 2
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(policy), encoding="utf-8")
+    repo = Path(__file__).resolve().parents[2]
+    airflow = Path(sys.executable).with_name("airflow")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "REPUTATION_"))} | s3_env | {
+        "AIRFLOW_HOME": str(tmp_path / "airflow_home"), "AIRFLOW__CORE__DAGS_FOLDER": str(repo / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "REPUTATION_ROOT": "s3://lakebucket/dag",
+        "REPUTATION_POLICY_PATH": str(tmp_path / "p.yaml"), "REPUTATION_AIRFLOW_RETRIES": "0",
+        "REPUTATION_CACHE_DIR": str(tmp_path / "worker-mirror")}
+    migrate = subprocess.run([str(airflow), "db", "migrate"], env=env, capture_output=True, text=True, timeout=180,
+                             check=False)
+    assert migrate.returncode == 0, migrate.stderr[-2000:]
+    proc = subprocess.run([str(airflow), "dags", "test", "merchant_reputation", str(last)], env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    with fs.open_input_stream(f"lakebucket/dag/runs/score_date={last}/manifest.json") as fh:
+        manifest = json.loads(fh.read())
+    assert manifest["status"] == "published"
+    assert manifest["timings_seconds"]["score_shards"] >= 0
+    # The run's scratch folder does not outlive it in the store.
+    assert not [i for i in fs.get_file_info(pafs.FileSelector("lakebucket/dag/_attempts", recursive=True,
+                                                                allow_not_found=True)) if i.type == pafs.FileType.File]

@@ -8,6 +8,7 @@ a message naming the file, row or rule and what to do, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -18,6 +19,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from transforms.errors import ConfigError, NotFound, ReputationError
@@ -38,14 +40,39 @@ def _date(text: str, name: str = "--date") -> date:
         raise ConfigError(f"{name} {text!r} is not a date", hint="use YYYY-MM-DD") from None
 
 
+#: Object-store roots are mirrored locally for the command and pushed back when it ends.
+_REMOTE = contextlib.ExitStack()
+
+
 def _settings(root: str | None) -> Any:
+    from transforms.objectstore import is_remote, local_root
     from transforms.settings import load_settings
 
-    return load_settings(root=root)
+    st = load_settings(root=root)
+    if is_remote(st.root):
+        local = _REMOTE.enter_context(local_root(st.root))
+        err.print(f"object store {st.root}: working on the local mirror {local}", highlight=False)
+        st = st.model_copy(update={"root": local})
+    return st
+
+
+def _close_remote() -> None:
+    """Push a mirrored object-store lake back (manifests last); failures get a clear message."""
+    try:
+        _REMOTE.close()
+    except ReputationError as exc:
+        err.print(f"error: publishing to the object store failed: {exc.message}", highlight=False, markup=False)
+        if exc.hint:
+            err.print(f"  what to do: {exc.hint}", highlight=False, markup=False)
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # network or store errors: never a silent half-push
+        err.print(f"error: publishing to the object store failed: {exc}; rerun the date to retry",
+                  highlight=False, markup=False)
+        sys.exit(1)
 
 
 def _fail(exc: ReputationError) -> None:
-    err.print(f"[bold red]error[/]: {exc.message}", highlight=False, markup=True)
+    err.print(f"[bold red]error[/]: {escape(exc.message)}", highlight=False, markup=True)
     if exc.hint:
         err.print(f"  what to do: {exc.hint}", highlight=False, markup=False)
     raise typer.Exit(exc.exit_code)
@@ -88,7 +115,8 @@ def _warn_dev_key(st: Any) -> None:
 
 def _report_result(result: Any) -> None:
     colour = {"published": "green", "held": "yellow", "failed": "red"}.get(result.status, "white")
-    line = f"[{colour}]{result.status}[/] {result.score_date} run {result.run_id}: {result.message}"
+    # Messages name rules as "[rule]": escaped, or rich would take them for markup and drop them.
+    line = f"[{colour}]{result.status}[/] {result.score_date} run {result.run_id}: {escape(result.message)}"
     (out if result.exit_code == 0 else err).print(line, highlight=False)
     if result.status == "failed":
         err.print(f"  manifest: {result.manifest_path}", highlight=False)
@@ -210,7 +238,7 @@ def quarantine(date_: DateOpt, root: RootOpt = None,
                                                                "superseded")),
                       ", ".join(f"{r} ({n})" for r, n in reasons))
         for f in entry.get("file_failures", []):
-            table.add_row(name, "file", "", "", "", "", f"{f['file']}: [{f['rule']}] {f['message']}")
+            table.add_row(name, "file", "", "", "", "", escape(f"{f['file']}: [{f['rule']}] {f['message']}"))
     out.print(table)
 
 
@@ -274,7 +302,10 @@ def main() -> None:
     """Console-script entry point: map every failure to the contract's exit codes."""
     _setup_logging()
     try:
-        app()
+        try:
+            app()
+        finally:
+            _close_remote()
     except ReputationError as exc:
         err.print(f"error: {exc.message}", highlight=False, markup=False)
         if exc.hint:

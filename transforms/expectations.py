@@ -132,8 +132,62 @@ def _quiet_gx() -> Any:
     return gx
 
 
+#: Data Docs site name used for a run's docs folder.
+DOCS_SITE = "run_docs"
+
+
+def store_dir_for(docs_dir: Path) -> Path:
+    """Where the suites and validation results behind a docs folder are kept (JSON, beside it)."""
+    return docs_dir.parent / "gx_store"
+
+
+def _context(gx: Any, docs_dir: Path | None) -> Any:
+    """An ephemeral context; with ``docs_dir``, its suites and results persist beside the docs.
+
+    Every suite of a run (five sources in ``validate``, scores in ``publish``, possibly in
+    different processes) writes into one store, so the Data Docs built from it show all of
+    them. With the in-memory default each context's site build removed the pages of the
+    suites it did not hold, leaving only the last suite in the published docs. No temporary
+    docs site is configured, so nothing is left behind in the temp folder.
+    """
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
+    defaults = InMemoryStoreBackendDefaults(init_temp_docs_sites=False)
+    stores = dict(defaults.stores)
+    sites: dict[str, Any] = {}
+    if docs_dir is not None:
+        store = store_dir_for(docs_dir)
+        for name, cls, sub in ((defaults.expectations_store_name, "ExpectationsStore", "expectations"),
+                               (defaults.validation_results_store_name, "ValidationResultsStore", "validations")):
+            stores[name] = {"class_name": cls, "store_backend": {
+                "class_name": "TupleFilesystemStoreBackend", "base_directory": str(store / sub)}}
+        sites[DOCS_SITE] = {
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        }
+    cfg = DataContextConfig(store_backend_defaults=defaults, stores=stores, data_docs_sites=sites,
+                            analytics_enabled=False,
+                            progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False))
+    return gx.get_context(mode="ephemeral", project_config=cfg)
+
+
+def build_data_docs(docs_dir: Path) -> str | None:
+    """(Re)build the Data Docs of every suite and result stored for ``docs_dir``; return index.html."""
+    gx = _quiet_gx()
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    ctx = _context(gx, docs_dir)
+    ctx.build_data_docs(site_names=[DOCS_SITE])
+    index = docs_dir / "index.html"
+    return str(index) if index.exists() else None
+
+
 def run_suite(frame: pl.DataFrame, suite: dict[str, Any], *, docs_dir: Path | None = None,
-              batch_name: str = "batch") -> SuiteResult:
+              batch_name: str = "batch", build_docs: bool = True) -> SuiteResult:
     """Validate a frame with a suite and map failing rows back to reason codes.
 
     Parameters
@@ -143,7 +197,12 @@ def run_suite(frame: pl.DataFrame, suite: dict[str, Any], *, docs_dir: Path | No
     suite
         A suite dict as stored in ``expectations/``.
     docs_dir
-        When given, Great Expectations Data Docs are built into this folder.
+        When given, the suite and its validation result are kept in :func:`store_dir_for`
+        ``(docs_dir)`` and Great Expectations Data Docs are built into this folder.
+    build_docs
+        With ``docs_dir``, update the Data Docs now (incrementally). ``False`` only stores
+        the result, for a caller that validates several batches and then calls
+        :func:`build_data_docs` once.
 
     Raises
     ------
@@ -156,21 +215,16 @@ def run_suite(frame: pl.DataFrame, suite: dict[str, Any], *, docs_dir: Path | No
     import great_expectations.expectations as gxe  # noqa: F401  (registers expectation classes)
     from great_expectations.core.expectation_suite import ExpectationSuite
 
-    ctx = gx.get_context(mode="ephemeral")
-    ctx.variables.progress_bars = {"globally": False, "metric_calculations": False}
     if docs_dir is not None:
         docs_dir.mkdir(parents=True, exist_ok=True)
-        ctx.add_data_docs_site(site_name="run_docs", site_config={
-            "class_name": "SiteBuilder",
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
-            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-        })
-    gx_suite = ctx.suites.add(ExpectationSuite(name=suite["name"], expectations=suite["expectations"],
-                                               meta=suite.get("meta", {})))
+    ctx = _context(gx, docs_dir)
+    gx_suite = ctx.suites.add_or_update(ExpectationSuite(name=suite["name"], expectations=suite["expectations"],
+                                                         meta=suite.get("meta", {})))
     asset = ctx.data_sources.add_pandas("pipeline").add_dataframe_asset(batch_name)
     bd = asset.add_batch_definition_whole_dataframe("whole")
     vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=f"{suite['name']}_vd", data=bd, suite=gx_suite))
-    actions = [gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=["run_docs"])] if docs_dir else []
+    actions = ([gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=[DOCS_SITE])]
+               if docs_dir is not None and build_docs else [])
     cp = ctx.checkpoints.add(gx.Checkpoint(
         name=f"{suite['name']}_cp", validation_definitions=[vd], actions=actions,
         result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [ROW_ID],

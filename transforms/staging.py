@@ -8,9 +8,13 @@ a value that cannot be typed becomes a row-level parse error, never a silent nul
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import hmac
 import io
+import json
+import re
+import sys
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -24,6 +28,9 @@ from transforms.schemas import SOURCES, Source
 #: A column is judged "of the wrong type" (a file-level failure) when at least this
 #: many values are present and not one of them can be read as the column's kind.
 WRONG_TYPE_MIN_VALUES = 3
+
+# Long text fields are a row-level rule (text_too_long), never a CSV parsing failure.
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 _TRUE = ["true", "t", "1", "yes", "y"]
 _FALSE = ["false", "f", "0", "no", "n"]
@@ -53,6 +60,12 @@ def decode_text(data: bytes, rel: str, encodings: list[str]) -> tuple[str, str]:
     """
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in data:
+        raise FileRejected(
+            rel, "invalid_encoding",
+            "the file contains NUL bytes or a UTF-16 byte-order mark (UTF-16 or binary data), not text in a "
+            f"supported encoding ({', '.join(encodings)})",
+            hint="re-export it as UTF-8 (or GB18030) and re-deliver it")
     for enc in encodings:
         try:
             return data.decode(enc), enc
@@ -65,18 +78,102 @@ def decode_text(data: bytes, rel: str, encodings: list[str]) -> tuple[str, str]:
     )
 
 
+_CSV_HINT = "check quoting and the number of fields per line, then re-deliver"
+
+
+def _csv_record_widths(text: str, rel: str) -> list[int]:
+    """Fields per record (0 for a blank line), checked strictly with the standard library.
+
+    Polars pads a short line with nulls without a word, which would turn a truncated
+    line into silently missing values; this check names the line instead. Messages
+    never quote field contents (they may hold personal data).
+
+    Raises
+    ------
+    FileRejected
+        ``malformed_csv`` for broken quoting or a line whose field count differs from the header's.
+    """
+    widths: list[int] = []
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader, None)
+        if header is None:
+            return widths
+        for rec in reader:
+            n = len(rec)
+            if n and n != len(header):
+                raise FileRejected(rel, "malformed_csv",
+                                   f"line {reader.line_num} has {n} fields but the header has {len(header)}",
+                                   hint=_CSV_HINT)
+            widths.append(n)
+    except csv.Error as exc:
+        raise FileRejected(rel, "malformed_csv", f"line {reader.line_num}: {exc}", hint=_CSV_HINT) from None
+    return widths
+
+
 def parse_csv(data: bytes, rel: str, encodings: list[str]) -> tuple[pl.DataFrame, str]:
-    """Parse RFC 4180 CSV (header row, double-quote quoting) into string columns."""
+    """Parse RFC 4180 CSV (header row, double-quote quoting) into string columns.
+
+    Every line must have as many fields as the header; blank lines are not records
+    and are skipped.
+    """
     if not data.strip(b"\xef\xbb\xbf \r\n\t"):
         return pl.DataFrame(), "utf-8"
     text, enc = decode_text(data, rel, encodings)
+    widths = _csv_record_widths(text, rel)
     try:
         df = pl.read_csv(io.BytesIO(text.encode("utf-8")), infer_schema=False, quote_char='"',
                          has_header=True, raise_if_empty=False, truncate_ragged_lines=False)
     except pl.exceptions.PolarsError as exc:
-        raise FileRejected(rel, "malformed_csv", f"the CSV cannot be parsed ({str(exc).splitlines()[0]})",
-                           hint="check quoting and the number of fields per line, then re-deliver") from None
+        first = re.sub(r"`.*", "(value withheld)", str(exc).splitlines()[0])  # never echo field contents
+        raise FileRejected(rel, "malformed_csv", f"the CSV cannot be parsed ({first})", hint=_CSV_HINT) from None
+    if df.height != len(widths):
+        raise FileRejected(rel, "malformed_csv",
+                           f"the file holds {len(widths)} records but {df.height} were parsed "
+                           "(mixed or bare-CR line endings, or stray quotes)", hint=_CSV_HINT)
+    if 0 in widths:
+        df = df.filter(pl.Series([w > 0 for w in widths]))
     return df, enc
+
+
+_JSONL_HINT = "every line must be one JSON object; fix or re-deliver the file"
+
+
+def _json_text(v: object) -> str | None:
+    """A JSON value as the string Polars gives it under a String schema."""
+    if v is None:
+        return None
+    if isinstance(v, str):
+        return v
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    return json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+
+
+def _parse_jsonl_strict(text: str, rel: str) -> pl.DataFrame:
+    """Line-by-line JSON Lines reader: names the bad line, and accepts NaN / Infinity.
+
+    Used when the fast reader fails. ``NaN`` and ``Infinity`` (which Python's ``json``
+    writes) are kept as text, so typing reports them per row as ``non_finite``.
+    """
+    rows: list[dict[str, str | None]] = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise FileRejected(rel, "malformed_jsonl", f"line {i} is not valid JSON ({exc.msg} at column {exc.colno})",
+                               hint=_JSONL_HINT) from None
+        if not isinstance(obj, dict):
+            raise FileRejected(rel, "malformed_jsonl", f"line {i} is a JSON {type(obj).__name__}, not an object",
+                               hint=_JSONL_HINT)
+        rows.append({str(k): _json_text(v) for k, v in obj.items()})
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    return pl.DataFrame([[r.get(k) for k in keys] for r in rows], schema=dict.fromkeys(keys, pl.String),
+                        orient="row")
 
 
 def parse_jsonl(data: bytes, rel: str, encodings: list[str]) -> tuple[pl.DataFrame, str]:
@@ -88,15 +185,25 @@ def parse_jsonl(data: bytes, rel: str, encodings: list[str]) -> tuple[pl.DataFra
     try:
         keys = pl.scan_ndjson(io.BytesIO(raw), infer_schema_length=None).collect_schema().names()
         df = pl.read_ndjson(io.BytesIO(raw), schema=dict.fromkeys(keys, pl.String))
-    except pl.exceptions.PolarsError as exc:
-        raise FileRejected(rel, "malformed_jsonl",
-                           f"a line is not a JSON object ({str(exc).splitlines()[0][:200]})",
-                           hint="every line must be one JSON object; fix or re-deliver the file") from None
+    except pl.exceptions.PolarsError:
+        df = _parse_jsonl_strict(text, rel)
     return df, enc
 
 
 def parse_parquet(table: pa.Table, rel: str) -> pl.DataFrame:
-    """Convert a landing Parquet table, normalising compatible physical types."""
+    """Convert a landing Parquet table, normalising compatible physical types.
+
+    Binary columns (byte arrays without a UTF-8 annotation) are read as text when they
+    are valid UTF-8; otherwise the file is rejected naming the column.
+    """
+    for i, fld in enumerate(table.schema):
+        if pa.types.is_binary(fld.type) or pa.types.is_large_binary(fld.type) or \
+                pa.types.is_fixed_size_binary(fld.type):
+            try:
+                table = table.set_column(i, fld.name, table.column(i).cast(pa.large_string()))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                raise FileRejected(rel, "invalid_encoding", f"binary column {fld.name} is not UTF-8 text",
+                                   hint="write text columns as UTF-8 strings and re-deliver") from None
     try:
         df = pl.from_arrow(table)
     except (pa.ArrowException, pl.exceptions.PolarsError, TypeError, ValueError) as exc:
@@ -115,9 +222,27 @@ def check_columns(df: pl.DataFrame, source: Source, rel: str) -> list[str]:
         return []
     missing = [c for c in source.required if c not in df.columns]
     if missing:
-        raise FileRejected(rel, "missing_column", f"required column(s) {', '.join(missing)} are missing",
-                           hint=f"the {source.name} contract requires: {', '.join(source.required)}")
+        # Name near misses (case, spaces) but never echo other header cells: a file without a
+        # header row has data (possibly personal identifiers) where the header should be.
+        near = [f"{c!r} for {n}" for c in df.columns for n in missing
+                if c != n and c.strip().lower().replace(" ", "_") == n]
+        found = f"; near misses: {', '.join(near)}" if near else ""
+        raise FileRejected(rel, "missing_column", f"required column(s) {', '.join(missing)} are missing{found}",
+                           hint=f"the {source.name} contract requires a header row with: "
+                                f"{', '.join(source.required)}")
+    # The CSV reader renames a repeated header to <name>_duplicated_<n>: which copy is right is unknown.
+    repeated = sorted({m.group(1) for c in df.columns if (m := re.match(r"^(.+)_duplicated_\d+$", c))
+                       and m.group(1) in source.names})
+    if repeated:
+        raise FileRejected(rel, "duplicate_column", f"column(s) {', '.join(repeated)} appear more than once",
+                           hint="deliver each column once")
     return sorted(c for c in df.columns if c not in source.names)
+
+
+def castable_to_string(dtype: pl.DataType) -> bool:
+    """Whether a column of this type has a faithful string form (scalars do; nested and binary do not)."""
+    return (dtype.is_numeric() or dtype in (pl.String, pl.Null, pl.Boolean, pl.Date, pl.Time)
+            or isinstance(dtype, (pl.Datetime, pl.Duration, pl.Categorical, pl.Enum)))
 
 
 def _ts_from_string(col: str) -> pl.Expr:
@@ -149,7 +274,10 @@ def _typed_expr(col: str, kind: str, dtype: pl.DataType) -> pl.Expr:
             else pl.lit(None, pl.Date)
     if kind == "int":
         if dtype.is_integer():
-            return c.cast(pl.Int64)
+            return c.cast(pl.Int64, strict=False)  # a UInt64 beyond Int64 is unparseable, not a crash
+        if not (dtype.is_numeric() or dtype == pl.String):
+            # Dates, timestamps and booleans cast to numbers (days, microseconds, 0/1): that is not an int.
+            return pl.lit(None, pl.Int64)
         f = c.cast(pl.Float64, strict=False) if dtype != pl.String else \
             c.str.strip_chars().cast(pl.Float64, strict=False)
         integral = f.is_finite() & (f == f.round(0)) & (f.abs() < 2**62)
@@ -166,11 +294,15 @@ def _typed_expr(col: str, kind: str, dtype: pl.DataType) -> pl.Expr:
     if kind == "bool":
         if dtype == pl.Boolean:
             return c
+        if not castable_to_string(dtype):
+            return pl.lit(None, pl.Boolean)
         s = c.cast(pl.String).str.strip_chars().str.to_lowercase()
         return pl.when(s.is_in(_TRUE)).then(True).when(s.is_in(_FALSE)).then(False).otherwise(None)
     # string
     if dtype == pl.String:
         return c
+    if not castable_to_string(dtype):
+        return pl.lit(None, pl.String)  # lists and structs: unparseable, never a crash
     return c.cast(pl.String, strict=False)
 
 
@@ -206,15 +338,14 @@ def type_frame(raw: pl.DataFrame, source: Source, rel: str, dt: date) -> pl.Data
         dtype: pl.DataType = schema[column.name]
         typed = _typed_expr(column.name, column.kind, dtype)
         present = _present(column.name, dtype)
-        if column.kind == "string":
-            typed = pl.when(present).then(typed).otherwise(None)
-            typed_cols.append(typed.alias(column.name))
-            continue
         if column.kind == "float":
             non_finite = present & typed.is_not_null() & ~typed.is_finite()
             error_exprs.append(pl.when(non_finite).then(pl.lit(f"non_finite:{column.name}")))
+            # NaN / inf is reported once, as non_finite, not also as unparseable.
+            bad = present & typed.is_null()
             typed = pl.when(non_finite).then(None).otherwise(typed)
-        bad = present & typed.is_null()
+        else:
+            bad = present & typed.is_null()
         error_exprs.append(pl.when(bad).then(pl.lit(f"unparseable:{column.name}")))
         typed_cols.append(pl.when(present).then(typed).otherwise(None).alias(column.name))
     errors = pl.concat_list(error_exprs).list.drop_nulls() if error_exprs else pl.lit([], pl.List(pl.String))
@@ -227,7 +358,7 @@ def type_frame(raw: pl.DataFrame, source: Source, rel: str, dt: date) -> pl.Data
     ).collect(engine="in-memory")
     if n >= WRONG_TYPE_MIN_VALUES:
         for column in source.columns:
-            if column.kind == "string" or column.name not in schema:
+            if column.name not in schema:
                 continue
             code = f"unparseable:{column.name}"
             present_count = raw.select(_present(column.name, schema[column.name]).sum()).item()
@@ -237,9 +368,26 @@ def type_frame(raw: pl.DataFrame, source: Source, rel: str, dt: date) -> pl.Data
                     raise FileRejected(
                         rel, "wrong_column_type",
                         f"column {column.name} holds no value readable as {column.kind} "
-                        f"({present_count} values, e.g. {raw[column.name].drop_nulls()[0]!r})",
+                        f"({present_count} values, e.g. {_example(raw[column.name])})",
                         hint=f"deliver {column.name} as {column.kind} per the data contract")
     return out
+
+
+def _example(values: pl.Series) -> str:
+    """A short example of a column's values for an error message, never quoting text.
+
+    Text may be a personal identifier (a shifted CSV puts e-mails in ``rating``), so it is
+    described by its length; dates, numbers and booleans are shown as they are.
+    """
+    v = values.drop_nulls().head(1).to_list()
+    if not v:
+        return "null"
+    if isinstance(v[0], str):
+        return f"a text of {len(v[0])} characters"
+    if isinstance(v[0], (list, dict)):
+        return f"a {type(v[0]).__name__}"
+    text = repr(v[0])
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def empty_typed(source: Source) -> pl.DataFrame:
@@ -261,7 +409,14 @@ def pseudonymise(df: pl.DataFrame, columns: list[str], key: bytes) -> pl.DataFra
     for col in columns:
         if col not in df.columns:
             continue
-        uniques = df.get_column(col).drop_nulls().unique()
+        values = df.get_column(col)
+        if values.dtype != pl.String:
+            # A scalar (e.g. an integer id) is hashed by its string form; a nested value has no
+            # faithful identity and is dropped (the row is then quarantined as missing it).
+            values = values.cast(pl.String, strict=False) if castable_to_string(values.dtype) \
+                else pl.Series(col, [None] * len(values), pl.String)
+            out = out.with_columns(values.alias(col))
+        uniques = values.drop_nulls().unique()
         mapping = {v: "p_" + hmac.new(key, v.encode(), hashlib.sha256).hexdigest()[:24] for v in uniques.to_list()}
         out = out.with_columns(pl.col(col).replace_strict(mapping, default=None, return_dtype=pl.String))
     return out

@@ -29,6 +29,7 @@ LINEAGE_ORDER = ["_dt", "_file", "_row_number"]
 def describe(code: str) -> str:
     """A sentence for a reason code (quarantine rows carry both)."""
     kind, _, col = code.partition(":")
+    limit = next((c.max_chars for s in SOURCES.values() for c in s.columns if c.name == col and c.max_chars), None)
     texts = {
         "missing_value": f"required value {col} is missing",
         "unparseable": f"the value of {col} cannot be read as its type",
@@ -37,7 +38,7 @@ def describe(code: str) -> str:
         "out_of_range": f"{col} is outside its allowed range",
         "invalid_identifier": f"{col} is not 1–64 characters of [A-Za-z0-9_-]",
         "invalid_format": f"{col} has an invalid format",
-        "text_too_long": f"{col} is longer than 10,000 characters",
+        "text_too_long": f"{col} is longer than {limit or 10_000:,} characters",
         "cross_field": f"cross-field rule broken: {col}",
         "after_delivery": f"{col} is after the day the file was delivered",
         "future_date": f"{col} is after the day the file was delivered",

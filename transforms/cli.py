@@ -283,6 +283,64 @@ def report(date_: DateOpt, root: RootOpt = None) -> None:
 
 
 @app.command()
+def release(date_: DateOpt, root: RootOpt = None) -> None:
+    """Publish the enforcement actions held on DATE, after a person has reviewed them.
+
+    Moves held_actions/score_date=D to actions/score_date=D, advances the enforcement
+    state of D as if nothing had been held, and marks the run published (released: true).
+    """
+    from transforms.enforcement_ops import release_date
+
+    try:
+        d = _date(date_)
+        st = _settings(root)
+        result = release_date(st, d)
+    except ReputationError as exc:
+        _fail(exc)
+        return
+    out.print(f"[green]released[/] {d}: {result.actions} enforcement action(s) published to "
+              f"actions/score_date={d}", highlight=False)
+    out.print(f"  manifest: {result.manifest_path}", highlight=False)
+    if result.later_dates:
+        first, last_ = result.later_dates[0], result.later_dates[-1]
+        err.print(f"[yellow]note[/]: {len(result.later_dates)} later date(s) ({first}..{last_}) were scored from "
+                  f"the state before this release; rerun them: reputation backfill --start {first} --end {last_} "
+                  "--force", highlight=False)
+
+
+@app.command()
+def shadow(date_: DateOpt, policy: Annotated[str, typer.Option("--policy", help="Candidate policy YAML file.")],
+           root: RootOpt = None) -> None:
+    """Score DATE with a candidate policy and compare; writes only under shadow/<version>/."""
+    from transforms.enforcement_ops import shadow_date
+
+    try:
+        d = _date(date_)
+        st = _settings(root)
+        result = shadow_date(st, d, policy)
+    except ReputationError as exc:
+        _fail(exc)
+        return
+    s = result.summary
+    out.print(f"shadow {d}: candidate policy {s['candidate_version']} vs active {s['active_version']} "
+              f"→ {escape(result.path)}", highlight=False)
+    table = Table(title=f"tiers on {d}")
+    for col in ("tier", "active", "candidate"):
+        table.add_column(col)
+    tiers = list(dict.fromkeys([*s["active_tier_counts"], *s["candidate_tier_counts"]]))
+    for t in tiers:
+        table.add_row(t, str(s["active_tier_counts"].get(t, 0)), str(s["candidate_tier_counts"].get(t, 0)))
+    out.print(table)
+    out.print(f"  merchants whose tier would change: {s['tier_changes']} of {s['merchants']}; mean score delta "
+              f"{s['score_delta_mean']}, largest |delta| {s['score_delta_abs_max']}", highlight=False)
+    for c in s["tier_change_matrix"][:10]:
+        out.print(f"    {c['from']} → {c['to']}: {c['merchants']}", highlight=False)
+    out.print(f"  would-be actions: {s['would_be_actions']} {s['would_be_actions_by_kind']}; new penalties "
+              f"{s['would_be_new_penalties']}" + (f"; WOULD BE HELD ({s['hold_reason']})" if s["would_be_held"]
+                                                  else ""), highlight=False)
+
+
+@app.command()
 def expectations(write: Annotated[bool, typer.Option(help="Rewrite expectations/*.json from the contract.")] = False
                  ) -> None:
     """Show (or rewrite) the Great Expectations suites generated from the data contract."""

@@ -683,8 +683,11 @@ def publish(ctx: RunContext, settings: Settings | None = None) -> RunResult:
     switches.append((f"{other}/score_date={ctx.score_date}", ""))
     switches.append((f"{actions_dir}/score_date={ctx.score_date}", f"{ctx.work}/{actions_dir}"))
     switches.append((f"runs/score_date={ctx.score_date}", f"{ctx.work}/runs"))
+    # The date's own outputs (scores onward) switch together with one atomic rename, the manifest last;
+    # staged, quarantine and aggregate partitions of delivery days switch one by one before them.
+    own = switches.index((f"scores/score_date={ctx.score_date}", f"{ctx.work}/scores"))
     with lake.lock(f"commit-{ctx.score_date}", wait_seconds=600):
-        lake.commit(switches, f"score_date={ctx.score_date}")
+        lake.commit(switches[:own], f"score_date={ctx.score_date}", together=switches[own:])
     _cleanup_attempt(lake, ctx)
     _timed(ctx, "publish", t0)
     manifest_path = str(lake.path(f"runs/score_date={ctx.score_date}/manifest.json"))
@@ -799,7 +802,10 @@ def record_failure(ctx: RunContext, exc: BaseException, *, stage: str) -> str:
         outputs["data_docs"] = f"runs/score_date={ctx.score_date}/data_docs/index.html"
     held = [f"{ctx.work}/{quarantine_dir(s, date.fromisoformat(d))}" for s in STAGE_ORDER
             for d in ctx.days_to_stage.get(s, [])]
-    held_quarantine = [q for q in held if lake.exists(q)]
+    import pyarrow.parquet as pq
+
+    held_quarantine = [q for q in held  # only partitions that hold rejected rows
+                       if any(pq.read_metadata(f).num_rows for f in lake.parquet_files(q))]
     if held_quarantine:
         outputs["unpublished_quarantine"] = held_quarantine
     manifest["outputs"] = outputs

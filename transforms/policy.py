@@ -188,6 +188,8 @@ class BlastRadius(_Strict):
     min_count: int = Field(ge=0)
     trailing_days: int = Field(ge=1, le=56)
     min_history_runs: int = Field(ge=1)
+    freeze_days: int = Field(ge=1)
+    cohort_drop_points: float = Field(ge=0)
 
 
 class Enforcement(_Strict):
@@ -196,6 +198,7 @@ class Enforcement(_Strict):
     penalty_from: str
     max_days_to_penalty: int = Field(ge=1)
     max_steps_per_day: int = Field(ge=1)
+    min_observed_days: int = Field(ge=1)
     hysteresis_points: float = Field(ge=0, le=50)
     min_days_in_tier: int = Field(ge=0)
     improvement_days: int = Field(ge=1)
@@ -203,6 +206,7 @@ class Enforcement(_Strict):
     appeal_days: int = Field(ge=183)
     hard_rule_release_ratio: float = Field(gt=0, le=1)
     hard_rule_confidence_level: float = Field(gt=0.5, lt=1.0)
+    benchmark_exposure_cap: float = Field(gt=0)
     rate_rules: list[RateRule]
     licence_rules: list[LicenceRule]
     collective_complaints: CollectiveComplaints

@@ -268,10 +268,25 @@ SCORES_SCHEMA = pa.schema([
     _f("category_rating_mean", pa.float64(), False),
     _f("discounted_review_count", pa.int64(), False),
     _f("discount_reasons", pa.list_(pa.string()), False),
+    _f("surge_complaint_count", pa.int64(), False),
     _f("compliance_score", pa.float64(), False),
     _f("licence_state", pa.string(), False),
     _f("is_regulated_category", pa.bool_(), False),
     _f("tenure_days", pa.int32(), False),
+    # Enforcement (transforms.enforcement): the optimistic score, the tier the evidence points to,
+    # the tier in force and what automation proposed, hard rules and the signals behind the guards.
+    _f("score_upper", pa.float64(), False),
+    _f("evidence_tier", pa.string()),
+    _f("enforced_tier", pa.string(), False),
+    _f("proposed_tier", pa.string(), False),
+    _f("hard_rules", pa.list_(pa.string()), False),
+    _f("automation_hold", pa.string()),
+    _f("is_collective_complaint", pa.bool_(), False),
+    _f("complaint_recent_count", pa.int64(), False),
+    _f("complainant_recent_distinct_count", pa.int64(), False),
+    _f("complaint_recent_expected", pa.float64(), False),
+    _f("quality_affected_buyer_count", pa.int64(), False),
+    _f("description_affected_buyer_count", pa.int64(), False),
 ])
 
 #: The enforcement feed: one row per merchant whose enforcement state changes on score_date.
@@ -289,6 +304,8 @@ ACTIONS_SCHEMA = pa.schema([
     _f("appeal_until", pa.date32(), False),
     _f("policy_version", pa.string(), False),
     _f("run_id", pa.string(), False),
+    _f("score_upper", pa.float64(), False),
+    _f("notice_days", pa.int32(), False),
 ])
 
 
@@ -300,4 +317,14 @@ ENFORCEMENT_STATE_SCHEMA = pa.schema([
     _f("since", pa.date32(), False),
     _f("policy_version", pa.string(), False),
     _f("run_id", pa.string(), False),
+    _f("enforced_tier", pa.string(), False),          # ladder tier in force (kept while evidence is insufficient)
+    _f("days_in_state", pa.int32(), False),
+    _f("last_escalated_on", pa.date32()),
+    _f("effective_on", pa.date32()),                  # when the last change takes effect (notice periods)
+    _f("evidence_tier", pa.string()),                 # tier the evidence pointed to (guard reference)
+    _f("score_upper", pa.float64()),
+    _f("hard_rules", pa.list_(pa.string()), False),   # hard rules in force (for their release hysteresis)
+    _f("improve_streak", pa.int32(), False),          # consecutive runs the evidence supported a better tier
+    _f("collective_hold_until", pa.date32()),         # human review of a complaint surge pending until
+    _f("guard_hold_since", pa.date32()),              # escalation frozen by the blast-radius guard since
 ])

@@ -163,10 +163,13 @@ def test_one_shard_and_four_shards_give_identical_scores_and_actions(tmp_path: P
     four = tmp_path / "four"
     shutil.copytree(one / "landing", four / "landing")
     policy = yaml.safe_load(default_policy_path().read_text(encoding="utf-8"))
+    policy["enforcement"]["min_observed_days"] = 1  # let enforcement act on four days of data
+    p1 = tmp_path / "one.yaml"
+    p1.write_text(yaml.safe_dump(policy), encoding="utf-8")
     policy["shards"] = 4
     p4 = tmp_path / "four.yaml"
     p4.write_text(yaml.safe_dump(policy), encoding="utf-8")
-    assert run_date(last, Settings(root=str(one))).exit_code == 0
+    assert run_date(last, Settings(root=str(one), policy_path=p1)).exit_code == 0
     assert run_date(last, Settings(root=str(four), policy_path=p4)).exit_code == 0
     drop = ["run_id", "policy_version"]  # the policy file differs (shards), so its digest and run id do
     a, b = _scores(one, last).drop(drop), _scores(four, last).drop(drop)

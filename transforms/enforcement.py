@@ -293,9 +293,12 @@ def enforcement_columns(scores: pl.DataFrame, policy: Policy) -> pl.DataFrame:
     frame = frame.with_columns(optimistic_score(policy).alias("score_upper"),
                                (per_order * pl.col("orders_recent_count")).alias("complaint_recent_expected"))
     frame = frame.with_columns(
-        ((pl.col("complaint_recent_count") >= cc.min_complaints)
-         & (pl.col("complainant_recent_distinct_count") >= cc.min_distinct_complainants)
-         & (pl.col("complaint_recent_count") >= cc.surge_multiple * pl.col("complaint_recent_expected")))
+        (((pl.col("complaint_recent_count") >= cc.min_complaints)
+          & (pl.col("complainant_recent_distinct_count") >= cc.min_distinct_complainants)
+          & (pl.col("complaint_recent_count") >= cc.surge_multiple * pl.col("complaint_recent_expected")))
+         # A surge anywhere in the window (scoring's surge rule, see manipulation.discount_complaints)
+         # also routes to people: a lake started after the surge must not miss it.
+         | (pl.col("surge_complaint_count") > 0))
         .alias("is_collective_complaint"),
         band_rank(pl.col("score_upper"), policy).alias("_upper_rank"),
         band_rank(pl.col("score_upper") - e.hysteresis_points, policy).alias("_improved_rank"),

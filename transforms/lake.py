@@ -6,13 +6,15 @@ Everything that touches storage goes through :class:`Lake`. Transforms stay pure
 
 Publishing is transactional. A run writes every output into its own attempt folder
 ``_attempts/<attempt_id>/...``; nothing there is visible to readers. To publish, it
-writes a journal listing each partition to switch, then switches each public
-partition (``scores/score_date=D`` ...) to the new folder with an atomic symlink
-replace, the run folder (``runs/score_date=D``, holding ``manifest.json``) last, and
-removes the journal. A run killed at any moment leaves either the old or the new
-target behind every partition, and the journal lets the next run of that date
-finish the switch (redo), so a date's outputs become whole. A reader that wants
-all outputs of one run follows ``manifest.json``, which names them.
+writes a journal listing each partition to switch, then switches the delivery-day
+partitions (``staged/``, ``quarantine/``, ``agg/``) one by one with an atomic symlink
+replace, and finally the date's own partitions (``scores``, ``state``, ``actions``,
+``runs/score_date=D`` with ``manifest.json``) *together*: they are links through the
+date's pointer ``_current/score_date=D``, and one atomic rename of that pointer is the
+commit point (:meth:`Lake._apply_together`). New links are made outside the table
+folders and renamed in, so a table folder only ever holds whole partitions. A run
+killed at any moment leaves every date showing either its previous run or its new
+run, whole, and the journal lets the next run of that date finish the switch (redo).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import os
 import re
 import shutil
 import time
+import uuid
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -85,8 +88,8 @@ class Lake:
             from transforms.errors import ConfigError
 
             raise ConfigError(
-                f"object-store root {text!r} is not supported by this build",
-                hint="use a local folder for --root / REPUTATION_ROOT",
+                f"object-store root {text!r} must be opened through its local mirror",
+                hint="use the `reputation` CLI (it mirrors s3:// roots) or transforms.objectstore.local_root",
             )
         self.root = Path(text.removeprefix("file://")).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -105,10 +108,25 @@ class Lake:
         return self.path(rel).as_uri()
 
     # ---------------------------------------------------------------- landing
+    def _landing_link(self, source: str) -> str | None:
+        """The first symbolic link on the way to ``landing/<source>``, if any (it is never followed)."""
+        for rel in ("landing", f"landing/{source}"):
+            if (self.root / rel).is_symlink():
+                return rel
+        return None
+
+    def _inside_landing(self, rel: str) -> Path:
+        """Absolute path of a landing file, refusing one that resolves outside ``landing/``."""
+        p = self.path(rel)
+        if not p.resolve().is_relative_to(self.root / "landing"):
+            raise FileRejected(rel, "bad_path", "the path leads outside the landing zone (a symbolic link)",
+                               hint="deliver real files under landing/; links are never followed")
+        return p
+
     def landing_days(self, source: str) -> list[date]:
-        """Delivery days present for a source (well-formed ``dt=`` folders only)."""
+        """Delivery days present for a source (well-formed ``dt=`` folders only, never through a link)."""
         base = self.root / "landing" / source
-        if not base.is_dir():
+        if self._landing_link(source) or not base.is_dir():
             return []
         days = []
         for entry in base.iterdir():
@@ -127,8 +145,8 @@ class Lake:
         folder = self.root / "landing" / source / f"dt={dt.isoformat()}"
         good: list[LandingFile] = []
         bad: list[BadPath] = []
-        if not folder.is_dir():
-            return good, bad
+        if self._landing_link(source) or folder.is_symlink() or not folder.is_dir():
+            return good, bad  # a link on the way is reported by stray_landing_paths
         for entry in sorted(folder.iterdir(), key=lambda e: e.name):
             rel = f"landing/{source}/dt={dt.isoformat()}/{entry.name}"
             if entry.is_symlink():
@@ -148,12 +166,24 @@ class Lake:
         return good, bad
 
     def stray_landing_paths(self, source: str) -> list[BadPath]:
-        """Entries directly under ``landing/<source>/`` that are not ``dt=YYYY-MM-DD`` folders."""
+        """Entries directly under ``landing/<source>/`` that are not ``dt=YYYY-MM-DD`` folders.
+
+        A link on the way (``landing`` or ``landing/<source>`` itself, or a ``dt=`` folder) is
+        reported and never followed, so a landing path cannot reach outside the root.
+        """
+        link = self._landing_link(source)
+        if link is not None:
+            return [BadPath(source, link, "bad_path", "symbolic links are not followed: the landing zone must "
+                                                      "be real folders under the root")]
         base = self.root / "landing" / source
         if not base.is_dir():
             return []
         out = []
         for entry in sorted(base.iterdir(), key=lambda e: e.name):
+            if entry.is_symlink():
+                out.append(BadPath(source, f"landing/{source}/{entry.name}", "bad_path",
+                                   "symbolic links are not followed"))
+                continue
             m = _DT_DIR.match(entry.name)
             ok = bool(m) and entry.is_dir() and not entry.is_symlink()
             if ok:
@@ -169,7 +199,7 @@ class Lake:
     def read_landing_bytes(self, f: LandingFile) -> bytes:
         """Read (and gunzip) a landing file; a broken file raises :class:`FileRejected`."""
         try:
-            data = self.path(f.rel).read_bytes()
+            data = self._inside_landing(f.rel).read_bytes()
         except OSError as exc:
             raise FileRejected(f.rel, "unreadable_file", f"cannot read the file: {exc.strerror}",
                                hint="check the file's permissions and re-deliver it") from None
@@ -183,10 +213,13 @@ class Lake:
 
     def read_landing_parquet(self, f: LandingFile) -> pa.Table:
         """Read a landing Parquet file; a corrupt one raises :class:`FileRejected`."""
+        p = self._inside_landing(f.rel)
         try:
-            return pq.read_table(self.path(f.rel))
+            return pq.read_table(p)
         except (pa.ArrowException, OSError, ValueError) as exc:
-            raise FileRejected(f.rel, "corrupt_parquet", f"the Parquet file cannot be read ({exc})",
+            # Arrow names the absolute path; the message already names the file (relative to the root).
+            why = re.sub(r"^Could not open Parquet input source '[^']*':\s*", "", str(exc)).replace(str(p), f.rel)
+            raise FileRejected(f.rel, "corrupt_parquet", f"the Parquet file cannot be read ({why})",
                                hint="re-deliver the file; it may be truncated") from None
 
     # ----------------------------------------------------------------- tables
@@ -249,7 +282,8 @@ class Lake:
         out = []
         for entry in base.iterdir():
             m = re.match(rf"^{re.escape(key)}=(\d{{4}}-\d{{2}}-\d{{2}})$", entry.name)
-            if m and entry.exists():
+            # An empty folder is not a partition (a date being switched in shows one for a moment).
+            if m and entry.is_dir() and any(entry.iterdir()):
                 out.append(date.fromisoformat(m.group(1)))
         return sorted(out)
 
@@ -257,21 +291,30 @@ class Lake:
     def attempt_dir(self, attempt_id: str) -> str:
         return f"_attempts/{attempt_id}"
 
-    def commit(self, switches: list[tuple[str, str]], journal_key: str) -> None:
+    def commit(self, switches: list[tuple[str, str]], journal_key: str, *,
+               together: list[tuple[str, str]] | None = None) -> None:
         """Atomically point each public partition at its new attempt folder.
 
         Parameters
         ----------
         switches
-            ``(public_rel, attempt_rel)`` pairs, applied in order; put the run folder
-            (the manifest) last so it is the commit point. An empty ``attempt_rel``
-            withdraws the public partition.
+            ``(public_rel, attempt_rel)`` pairs, applied in order, each atomically on
+            its own. An empty ``attempt_rel`` withdraws the public partition.
         journal_key
             Names the journal file, one per date, used to redo an interrupted commit.
+        together
+            ``(public_rel, attempt_rel)`` pairs that must change as one, applied after
+            ``switches``: the date's own partitions (scores, state, actions, the run
+            folder), all inside one attempt folder. Readers reach them through the
+            date's pointer ``_current/<journal_key>``, so a single atomic rename of
+            that pointer switches them all (see :meth:`_apply_together`). Put the run
+            folder last. An empty ``attempt_rel`` withdraws the partition.
         """
         journal = f"_journal/{journal_key}.json"
-        self.write_json({"switches": switches}, journal)
+        self.write_json({"switches": switches, "together": together or []}, journal)
         self._apply(switches)
+        if together:
+            self._apply_together(journal_key, together)
         self.path(journal).unlink()
 
     def recover(self, journal_key: str) -> bool:
@@ -280,8 +323,100 @@ class Lake:
         if data is None:
             return False
         self._apply([(str(a), str(b)) for a, b in data["switches"]])
+        together = [(str(a), str(b)) for a, b in data.get("together") or []]
+        if together:
+            self._apply_together(journal_key, together, retire=[str(r) for r in data.get("retire") or []])
         self.path(f"_journal/{journal_key}.json").unlink()
         return True
+
+    def _apply_together(self, key: str, pairs: list[tuple[str, str]], *, retire: list[str] | None = None) -> None:
+        """Switch a date's own partitions with one atomic rename (idempotent, so it can be redone).
+
+        Each public partition is a link through the date's pointer, e.g.
+        ``scores/score_date=D -> ../_current/score_date=D/scores`` with
+        ``_current/score_date=D -> ../_attempts/<id>``. To switch:
+
+        1. a *shim* folder is made that shows what every partition shows now (links to
+           the current folders; an empty folder for a partition the date does not
+           have yet), and the pointer is moved to it: readers see no change;
+        2. every partition is routed through the pointer: still no change;
+        3. the pointer is renamed onto the new attempt folder. This is the commit
+           point: every partition of the date changes at once;
+        4. withdrawn partitions are unlinked;
+        5. the shims and the folders no partition shows any more are removed.
+
+        A crash before 3 leaves the previous outputs, after it the new ones; the
+        journal redoes the rest. A partition new to the date shows as an empty
+        folder between 2 and 3, which readers (and :meth:`partitions`) treat as absent.
+        """
+        present = [a for _, a in pairs if a]
+        if not present:
+            raise LakeError(f"nothing to publish for {key}")
+        attempt_rel = "/".join(Path(present[0]).parts[:2])
+        attempt = self.path(attempt_rel)
+        ptr = self.path(f"_current/{key}")
+        entries: list[tuple[Path, str, bool]] = []
+        for public_rel, rel in pairs:
+            if rel:
+                sub = Path(rel).relative_to(attempt_rel).as_posix()
+                if "/" in sub or not (attempt / sub).is_dir():
+                    raise LakeError(f"cannot publish {public_rel}: {rel} is missing or not a folder of the attempt")
+            else:
+                sub = "_withdrawn~" + public_rel.replace("/", "~")
+                (attempt / sub).mkdir(exist_ok=True)
+            entries.append((self.path(public_rel), sub, not rel))
+        old_targets = [self.path(r) for r in retire or []]
+        if not (ptr.is_symlink() and ptr.resolve() == attempt.resolve()):
+            shim = ptr.parent / f".{key}.shim-{uuid.uuid4().hex[:8]}"
+            shim.mkdir(parents=True)
+            now = ptr.resolve() if ptr.is_symlink() else None
+            if now is not None and now.is_dir():  # partitions routed through the pointer keep their folder
+                for child in now.iterdir():
+                    os.symlink(os.path.relpath(child.resolve(), shim), shim / child.name)
+            routed: list[tuple[Path, str]] = []
+            for link, sub, withdraw in entries:
+                current = self._shown(link)
+                if current is None and withdraw:
+                    continue  # nothing to withdraw
+                entry = shim / sub
+                if entry.is_symlink():
+                    entry.unlink()
+                if current is None:
+                    entry.mkdir()  # shows nothing, like the absent partition
+                else:
+                    old_targets.append(current)
+                    os.symlink(os.path.relpath(current, shim), entry)
+                routed.append((link, sub))
+            self.write_json({"switches": [], "together": pairs,
+                             "retire": [str(t.relative_to(self.root)) for t in old_targets]}, f"_journal/{key}.json")
+            self._point(ptr, shim)
+            for link, sub in routed:
+                self._point(link, ptr / sub)
+            self._point(ptr, attempt)  # the commit point
+        for link, sub, withdraw in entries:
+            if not withdraw:
+                self._point(link, ptr / sub)  # a no-op unless this is a redo
+            elif link.is_symlink():
+                link.unlink()
+        for shim in ptr.parent.glob(f".{key}.shim-*"):
+            shutil.rmtree(shim, ignore_errors=True)
+        shown = {t for t in (self._shown(link) for link, _, _ in entries) if t is not None}
+        for old in old_targets:
+            if old.exists() and old not in shown and old != attempt and attempt not in old.parents:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def _shown(self, link: Path) -> Path | None:
+        """The real folder a public partition shows now, or ``None`` when it shows nothing."""
+        if not link.is_symlink():
+            if not link.is_dir():
+                return None
+            # A real folder from an older layout: move it into the attempts so a link can replace it.
+            aside = self.root / "_attempts" / f"_moved-{uuid.uuid4().hex[:8]}" / link.name
+            aside.parent.mkdir(parents=True)
+            os.rename(link, aside)
+            return aside
+        target = link.resolve()
+        return target if target.is_dir() else None
 
     def _apply(self, switches: list[tuple[str, str]]) -> None:
         for public_rel, attempt_rel in switches:
@@ -303,13 +438,25 @@ class Lake:
             if link.exists() and not link.is_symlink():
                 # A real folder from an older layout: move it aside so the swap stays atomic.
                 shutil.rmtree(link)
-            tmp = link.with_name(f".{link.name}.swap")
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            os.symlink(os.path.relpath(target, link.parent), tmp)
-            os.replace(tmp, link)
+            self._point(link, target)
             if old is not None and old != target and old.exists():
                 shutil.rmtree(old, ignore_errors=True)
+
+    def _point(self, link: Path, target: Path) -> None:
+        """Atomically make ``link`` a relative symbolic link to ``target``.
+
+        The new link is made under ``_tmp/`` and renamed over ``link``: only whole
+        partitions ever appear inside a table folder (a stray entry there, even for a
+        moment, breaks DuckDB's and Polars' Hive scans of the whole table).
+        """
+        rel = os.path.relpath(target, link.parent)
+        if link.is_symlink() and os.readlink(link) == rel:
+            return
+        link.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / "_tmp" / f"{uuid.uuid4().hex}.link"
+        tmp.parent.mkdir(exist_ok=True)
+        os.symlink(rel, tmp)
+        os.replace(tmp, link)
 
     def sweep_attempts(self, keep: set[str] | None = None, min_age_seconds: float = 3600) -> int:
         """Remove attempt folders no published partition points to (killed or failed runs).

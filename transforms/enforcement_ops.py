@@ -112,6 +112,10 @@ def release_date(settings: Settings, day: date) -> ReleaseResult:
         ]
         with lake.lock(f"commit-{d}", wait_seconds=600):
             lake.commit([], f"score_date={d}", together=switches)
+        # The copied report still says "held": rebuild it from the released outputs.
+        from transforms.report import write_report
+
+        write_report(lake, day)
     later = [x for x in lake.partitions("state/enforcement", "score_date") if x > day]
     return ReleaseResult(day, actions.height, str(lake.path(f"runs/score_date={d}/manifest.json")), later)
 

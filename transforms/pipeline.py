@@ -386,10 +386,12 @@ def evaluate_gate(lake: Lake, ctx: RunContext, policy: Policy, files: dict[str, 
                 f"{staged_dir(source, d)}/_accounting.json")
             if acc is not None:
                 history.append(acc["accepted_at_staging"])
-        if len(history) < g.volume_min_history_days or source == "merchants":
+        small = bool(history) and sorted(history)[len(history) // 2] < g.volume_min_median_rows
+        if len(history) < g.volume_min_history_days or source == "merchants" or small:
             checks.append({"rule": "volume_band", "source": source, "dt": day.isoformat(), "skipped":
-                           f"history of {len(history)} days < {g.volume_min_history_days}" if source != "merchants"
-                           else "registry deliveries are change sets"})
+                           "registry deliveries are change sets" if source == "merchants"
+                           else f"trailing median below {g.volume_min_median_rows} rows: too small to judge"
+                           if small else f"history of {len(history)} days < {g.volume_min_history_days}"})
             continue
         median = sorted(history)[len(history) // 2]
         value = rep["accepted_at_staging"]

@@ -121,6 +121,7 @@ class Gate(_Strict):
     min_rows_for_share: int = Field(ge=0)
     volume_band: tuple[float, float]
     volume_min_history_days: int = Field(ge=1)
+    volume_min_median_rows: int = Field(ge=0)
     volume_history_days: int = Field(ge=1)
     expected_daily_sources: list[Literal["merchants", "sales", "reviews", "complaints", "returns"]]
     override: bool = False

@@ -337,8 +337,10 @@ def _check_bad_path(path: str) -> Callable[[Outcome], None]:
 
 GATE_CASES = [
     GateCase("quarantine_share_over_limit", _share_trip, 3, ("[quarantine_share]", "reviews", "gate.override")),
-    GateCase("volume_above_band", _volume_high, 3, ("[volume_band]", "reviews", "gate.override"), days=9),
-    GateCase("volume_below_band", _volume_low, 3, ("[volume_band]", "reviews"), days=9),
+    GateCase("volume_above_band", _volume_high, 3, ("[volume_band]", "reviews", "gate.override"), days=9,
+             gate={"volume_min_median_rows": 0}),
+    GateCase("volume_below_band", _volume_low, 3, ("[volume_band]", "reviews"), days=9,
+             gate={"volume_min_median_rows": 0}),
     GateCase("missing_reviews", _drop("reviews"), 3, ("[missing_source]", "reviews")),
     GateCase("missing_sales", _drop("sales"), 3, ("[missing_source]", "sales")),
     GateCase("empty_reviews_folder", _empty_folder, 3, ("[missing_source]", "reviews")),
@@ -348,7 +350,8 @@ GATE_CASES = [
              ("[missing_source]", "reviews"), check=_check_bad_path(f"landing/reviews/dt={D}")),
     GateCase("landing_folder_is_a_link", _landing_is_a_link, 3, ("[missing_source]",),
              check=_check_bad_path("landing")),
-    GateCase("override_publishes_and_is_recorded", _volume_high, 0, (), days=9, gate={"override": True},
+    GateCase("override_publishes_and_is_recorded", _volume_high, 0, (), days=9,
+             gate={"override": True, "volume_min_median_rows": 0},
              check=_check_override),
 ]
 

@@ -1,0 +1,325 @@
+"""One measured step of the benchmark, run in its own process by ``bench/run.py``.
+
+Each step does exactly one thing and writes what it measured from the inside
+(stage timings, row counts) as JSON to ``--out``; the parent measures the wall
+time, CPU time and peak RSS of the whole process (``os.wait4``), so every
+measurement has its own peak memory.
+
+    python bench/child.py run --root R --date D --out F           # the nightly run (what `reputation run` calls)
+    python bench/child.py ingest-validate --root R --date D --out F
+    python bench/child.py generate --root R --merchants N --days N --seed N --out F
+    python bench/child.py floor-landing --landing L --out F
+    python bench/child.py floor-staged --lake R --date D --out F
+    python bench/child.py duckdb --variant landing|staged --vars V --out F
+    python bench/child.py read-csv --file F --out F
+    python bench/child.py make-reviews --root R --rows N --date D --registry DIR --out F
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+# bench/run.py points this at a snapshot of transforms/ and expectations/ taken when it started, so a
+# long benchmark measures one version of the code while others keep editing the working tree.
+sys.path.insert(0, os.environ.get("BENCH_CODE_ROOT") or str(HERE.parent))
+
+#: The columns the scoring path needs from each source (what the floor reads).
+NEEDED: dict[str, list[str]] = {
+    "merchants": ["merchant_id", "name", "category", "registered_on", "license_expires_on", "status"],
+    "sales": ["merchant_id", "date", "orders", "late_shipments", "cancellations"],
+    "reviews": ["review_id", "merchant_id", "rating", "text", "created_at", "verified_purchase"],
+    "complaints": ["complaint_id", "merchant_id", "complainant_id", "category", "channel", "opened_at",
+                   "first_response_at", "resolved_at", "status", "updated_at"],
+    "returns": ["return_id", "merchant_id", "reason", "status", "requested_at", "resolved_at", "updated_at"],
+}
+SOURCES = tuple(NEEDED)
+
+
+def _dump(path: str, data: dict[str, Any]) -> None:
+    Path(path).write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+
+
+# ------------------------------------------------------------------------- steps
+def step_generate(a: argparse.Namespace) -> dict[str, Any]:
+    from transforms.generate import generate_marketplace
+
+    t0 = time.perf_counter()
+    s = generate_marketplace(Path(a.root), merchants=a.merchants, days=a.days, seed=a.seed, show_progress=False)
+    return {"seconds": round(time.perf_counter() - t0, 3), "end": s.end.isoformat(), "start": s.start.isoformat(),
+            "rows_by_source": dict(s.rows_by_source), "files_by_source": dict(s.files_by_source)}
+
+
+def step_run(a: argparse.Namespace) -> dict[str, Any]:
+    """The same path as ``reputation run --date D --root R`` (cli.run -> pipeline.run_date)."""
+    t0 = time.perf_counter()
+    from transforms.pipeline import run_date
+    from transforms.settings import load_settings
+
+    t_import = time.perf_counter() - t0
+    st = load_settings(root=a.root)
+    t1 = time.perf_counter()
+    result = run_date(date.fromisoformat(a.date), st)
+    run_s = time.perf_counter() - t1
+    manifest = result.summary or {}
+    # run_date hands back the manifest dict; its timings dict is the run's own, so it
+    # also holds "publish", which is measured after the manifest file was written.
+    timings = dict(manifest.get("timings_seconds") or {})
+    rows = {s: (manifest.get("sources", {}).get(s, {}).get("rows") or {}) for s in SOURCES}
+    import transforms
+
+    return {"status": result.status, "exit_code": result.exit_code, "message": result.message,
+            "transforms_file": transforms.__file__,
+            "import_seconds": round(t_import, 3), "run_seconds": round(run_s, 3), "timings": timings,
+            "rows": rows, "scores_rows": (manifest.get("outputs") or {}).get("scores", {}).get("rows")}
+
+
+def step_ingest_validate(a: argparse.Namespace) -> dict[str, Any]:
+    """Issue 3.10: ``pipeline.ingest`` then ``pipeline.validate`` on one delivery day."""
+    from transforms.errors import InputRejected
+    from transforms.pipeline import ingest, validate
+    from transforms.settings import load_settings
+
+    st = load_settings(root=a.root)
+    t0 = time.perf_counter()
+    ctx = ingest(date.fromisoformat(a.date), st)
+    t1 = time.perf_counter()
+    gate_error = None
+    try:
+        validate(ctx, st)
+    except InputRejected as exc:  # the gate may trip on a synthetic day; the work is done by then
+        gate_error = str(exc)
+    t2 = time.perf_counter()
+    acct = {}
+    for source in SOURCES:
+        p = Path(a.root) / ctx.work / f"staged/{source}/dt={a.date}/_accounting.json"
+        if p.exists():
+            acct[source] = json.loads(p.read_text())
+    return {"ingest_seconds": round(t1 - t0, 3), "validate_seconds": round(t2 - t1, 3),
+            "timings": ctx.timings, "gate_error": gate_error, "accounting": acct}
+
+
+def _landing_files(landing: Path, source: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {"csv": [], "jsonl": [], "parquet": []}
+    for f in sorted((landing / source).glob("dt=*/*")):
+        name = f.name
+        if name.endswith((".csv", ".csv.gz")):
+            out["csv"].append(str(f))
+        elif name.endswith((".jsonl", ".jsonl.gz")):
+            out["jsonl"].append(str(f))
+        elif name.endswith(".parquet"):
+            out["parquet"].append(str(f))
+    return out
+
+
+def step_floor_landing(a: argparse.Namespace) -> dict[str, Any]:
+    """Read the needed columns of every landing file once (no typing, no checks)."""
+    import polars as pl
+
+    landing = Path(a.landing)
+    t0 = time.perf_counter()
+    queries: list[pl.LazyFrame] = []
+    names: list[str] = []
+    for source in SOURCES:
+        cols = NEEDED[source]
+        files = _landing_files(landing, source)
+        if files["csv"]:
+            # Lossy UTF-8: the GB18030 files are read byte for byte (decoding them is the pipeline's job).
+            queries.append(pl.scan_csv(files["csv"], infer_schema=False, encoding="utf8-lossy").select(cols))
+            names.append(f"{source}/csv")
+        if files["jsonl"]:
+            queries.append(pl.scan_ndjson(files["jsonl"], schema=dict.fromkeys(cols, pl.String)))
+            names.append(f"{source}/jsonl")
+        if files["parquet"]:
+            queries.append(pl.scan_parquet(files["parquet"], missing_columns="insert").select(cols))
+            names.append(f"{source}/parquet")
+    frames = pl.collect_all(queries)
+    rows = {n: f.height for n, f in zip(names, frames, strict=True)}
+    return {"seconds": round(time.perf_counter() - t0, 3), "rows": rows, "total_rows": sum(rows.values())}
+
+
+def staged_window_files(lake: Path, day: date, window_days: int) -> dict[str, list[str]]:
+    """Staged Parquet the nightly scoring reads: registry up to D, other sources in the window."""
+    lo = day - timedelta(days=window_days - 1)
+    out: dict[str, list[str]] = {}
+    for source in SOURCES:
+        files = []
+        for part in sorted((lake / "staged" / source).glob("dt=*")):
+            d = date.fromisoformat(part.name.removeprefix("dt="))
+            if d > day or (source != "merchants" and d < lo):
+                continue
+            files += sorted(str(p) for p in part.glob("*.parquet"))
+        out[source] = files
+    return out
+
+
+def step_floor_staged(a: argparse.Namespace) -> dict[str, Any]:
+    """Read the needed columns of the staged Parquet (and the review aggregates) once."""
+    import polars as pl
+
+    lake = Path(a.lake)
+    day = date.fromisoformat(a.date)
+    t0 = time.perf_counter()
+    files = staged_window_files(lake, day, a.window_days)
+    queries = [pl.scan_parquet(files[s]).select(NEEDED[s]) for s in SOURCES if files[s]]
+    names = [s for s in SOURCES if files[s]]
+    agg = sorted(str(p) for p in (lake / "agg" / "reviews").glob("dt=*/*.parquet"))
+    if agg:
+        queries.append(pl.scan_parquet(agg))
+        names.append("agg/reviews")
+    frames = pl.collect_all(queries)
+    rows = {n: f.height for n, f in zip(names, frames, strict=True)}
+    return {"seconds": round(time.perf_counter() - t0, 3), "rows": rows,
+            "rows_without_agg": sum(v for k, v in rows.items() if k != "agg/reviews")}
+
+
+def step_duckdb(a: argparse.Namespace) -> dict[str, Any]:
+    """Run bench/duckdb_reference.sql: the input views of one variant, then the aggregation."""
+    import duckdb
+
+    variables = json.loads(Path(a.vars).read_text())
+    sql = (HERE / "duckdb_reference.sql").read_text(encoding="utf-8")
+    sections = _sql_sections(sql)
+    t0 = time.perf_counter()
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    if a.threads:
+        con.execute(f"SET threads = {int(a.threads)}")
+    for k, v in variables.items():
+        con.execute(f"SET VARIABLE {k} = ?", [v])
+    con.execute(sections[f"views_{a.variant}"])
+    con.execute(sections["reference"])
+    result = con.sql("SELECT * FROM reference ORDER BY merchant_id").to_arrow_table()
+    seconds = time.perf_counter() - t0
+    out_path = Path(a.out).with_suffix(".parquet")
+    import pyarrow.parquet as pq
+
+    pq.write_table(result, out_path)
+    return {"seconds": round(seconds, 3), "merchants": result.num_rows, "result": str(out_path),
+            "threads": con.execute("SELECT current_setting('threads')").fetchone()[0]}  # type: ignore[index]
+
+
+def _sql_sections(sql: str) -> dict[str, str]:
+    """Split the SQL file at ``-- @section <name>`` markers."""
+    out: dict[str, str] = {}
+    name = None
+    buf: list[str] = []
+    for line in sql.splitlines():
+        if line.startswith("-- @section "):
+            if name:
+                out[name] = "\n".join(buf)
+            name, buf = line.removeprefix("-- @section ").strip(), []
+        elif name:
+            buf.append(line)
+    if name:
+        out[name] = "\n".join(buf)
+    return out
+
+
+def step_read_csv(a: argparse.Namespace) -> dict[str, Any]:
+    """The bare read of one CSV file with Polars (every column as text, like staging)."""
+    import polars as pl
+
+    t0 = time.perf_counter()
+    df = pl.read_csv(a.file, infer_schema=False)
+    return {"seconds": round(time.perf_counter() - t0, 3), "rows": df.height, "columns": df.width}
+
+
+def step_make_reviews(a: argparse.Namespace) -> dict[str, Any]:
+    """Synthesise one landing CSV of N review rows in the contract's columns for one dt."""
+    import numpy as np
+    import polars as pl
+
+    rng = np.random.default_rng(310)
+    n = a.rows
+    reg = pl.concat([pl.read_csv(f, infer_schema=False, columns=["merchant_id"]) for f in
+                     sorted(Path(a.registry).glob("*.csv*"))]
+                    + [pl.read_ndjson(f, schema={"merchant_id": pl.String}) for f in
+                       sorted(Path(a.registry).glob("*.jsonl*"))]
+                    + [pl.read_parquet(f, columns=["merchant_id"]) for f in sorted(Path(a.registry).glob("*.parquet"))])
+    ids = reg.filter(pl.col("merchant_id").str.contains(r"^M\d+$")).get_column("merchant_id").unique().sort()
+    day = date.fromisoformat(a.date)
+    phrases = np.array([
+        "Great product, fast delivery", "质量很好，物流很快", "与描述不符，颜色完全不一样", "Not as described at all",
+        "Okay for the price", "包装破损，但商品完好", "Would buy again!!", "客服态度很好", "fake, do not buy",
+        "The size runs small; order one up", "一般般吧", "Arrived late but works fine", "非常满意，五星好评",
+        "Stopped working after a week", "Exactly as pictured, thanks", "假货，差评", "",
+    ])
+    secs = rng.integers(0, 86_400, n)
+    base = pl.datetime(day.year, day.month, day.day, time_unit="us")
+    frame = pl.DataFrame({
+        "i": np.arange(n, dtype=np.int64),
+        "m": rng.integers(0, ids.len(), n),
+        "o": rng.integers(0, 50_000_000, n),
+        "u": rng.integers(0, 2_000_000, n),
+        "rating": rng.choice(np.array([1, 2, 3, 4, 5]), n, p=[0.06, 0.05, 0.11, 0.28, 0.50]),
+        "t": rng.integers(0, len(phrases), n),
+        "s": secs,
+        "verified_purchase": rng.random(n) < 0.85,
+    }).select(
+        (pl.lit("R5M") + pl.col("i").cast(pl.String).str.zfill(9)).alias("review_id"),
+        pl.lit(ids).gather(pl.col("m")).alias("merchant_id"),
+        (pl.lit("O") + pl.col("o").cast(pl.String).str.zfill(9)).alias("order_id"),
+        (pl.lit("U") + pl.col("u").cast(pl.String).str.zfill(8)).alias("reviewer_id"),
+        pl.col("rating").cast(pl.String),
+        pl.lit(pl.Series(phrases)).gather(pl.col("t")).replace("", None).alias("text"),
+        (base + pl.duration(seconds=pl.col("s"))).dt.strftime("%Y-%m-%dT%H:%M:%SZ").alias("created_at"),
+        pl.col("verified_purchase").cast(pl.String),
+    )
+    # About 0.2 % faulty rows, so the quarantine path does real work as it would at night.
+    bad = rng.random(n) < 0.002
+    kind = rng.integers(0, 3, n)
+    frame = frame.with_columns(
+        pl.when(pl.Series(bad & (kind == 0))).then(pl.lit("9")).otherwise(pl.col("rating")).alias("rating"),
+        pl.when(pl.Series(bad & (kind == 1))).then(pl.lit("yesterday-ish")).otherwise(pl.col("created_at"))
+        .alias("created_at"),
+        pl.when(pl.Series(bad & (kind == 2))).then(pl.lit("M9999999")).otherwise(pl.col("merchant_id"))
+        .alias("merchant_id"),
+    )
+    out = Path(a.root) / "landing" / "reviews" / f"dt={a.date}" / "reviews_5m.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.write_csv(out)
+    return {"rows": n, "bytes": out.stat().st_size, "file": str(out), "merchants": ids.len(),
+            "faulty_rows": int(bad.sum())}
+
+
+STEPS = {
+    "generate": step_generate, "run": step_run, "ingest-validate": step_ingest_validate,
+    "floor-landing": step_floor_landing, "floor-staged": step_floor_staged, "duckdb": step_duckdb,
+    "read-csv": step_read_csv, "make-reviews": step_make_reviews,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("step", choices=sorted(STEPS))
+    p.add_argument("--out", required=True)
+    p.add_argument("--root")
+    p.add_argument("--date")
+    p.add_argument("--merchants", type=int)
+    p.add_argument("--days", type=int)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--landing")
+    p.add_argument("--lake")
+    p.add_argument("--window-days", type=int, default=180)
+    p.add_argument("--variant", choices=["landing", "staged"])
+    p.add_argument("--vars")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--file")
+    p.add_argument("--rows", type=int)
+    p.add_argument("--registry")
+    a = p.parse_args(argv)
+    data = STEPS[a.step](a)
+    _dump(a.out, data)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

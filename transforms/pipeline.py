@@ -283,10 +283,12 @@ def validate(ctx: RunContext, settings: Settings | None = None) -> RunContext:
         prior = lake.scan_partitions(prior_dirs)
         outcome = apply_versions(typed, reasons, prior, spec)
         day_reports: dict[str, Any] = {}
+        acc_by_day = outcome.accepted.partition_by("_dt", as_dict=True, include_key=True)
+        quar_by_day = outcome.quarantined.partition_by("_dt", as_dict=True, include_key=True)
         for d_iso in ctx.days_to_stage[source]:
             d = date.fromisoformat(d_iso)
-            acc = outcome.accepted.filter(pl.col("_dt") == d)
-            quar = outcome.quarantined.filter(pl.col("_dt") == d)
+            acc = acc_by_day.get((d,), outcome.accepted.clear())
+            quar = quar_by_day.get((d,), outcome.quarantined.clear())
             lake.write_parquet(acc.to_arrow(), f"{ctx.work}/{staged_dir(source, d)}/part-0.parquet",
                                metadata={"run_id": ctx.run_id, "schema_version": SCHEMA_VERSION})
             qt = quar.select(

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import hmac
 import io
 import json
 import re
 import sys
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import polars as pl
@@ -133,7 +133,9 @@ def parse_csv(data: bytes, rel: str, encodings: list[str]) -> tuple[pl.DataFrame
                            "(mixed or bare-CR line endings, or stray quotes)", hint=_CSV_HINT)
     if 0 in widths:
         df = df.filter(pl.Series([w > 0 for w in widths]))
-    return df, enc
+    # The multi-threaded reader returns hundreds of chunks for a large file; replace_strict in
+    # pseudonymise (and other per-column work) is far slower on a chunked column.
+    return df.rechunk(), enc
 
 
 _JSONL_HINT = "every line must be one JSON object; fix or re-deliver the file"
@@ -406,6 +408,7 @@ def pseudonymise(df: pl.DataFrame, columns: list[str], key: bytes) -> pl.DataFra
     recovered without the key. Each distinct value is hashed once.
     """
     out = df
+    inner, outer = _hmac_pads(key)
     for col in columns:
         if col not in df.columns:
             continue
@@ -417,9 +420,26 @@ def pseudonymise(df: pl.DataFrame, columns: list[str], key: bytes) -> pl.DataFra
                 else pl.Series(col, [None] * len(values), pl.String)
             out = out.with_columns(values.alias(col))
         uniques = values.drop_nulls().unique()
-        mapping = {v: "p_" + hmac.new(key, v.encode(), hashlib.sha256).hexdigest()[:24] for v in uniques.to_list()}
-        out = out.with_columns(pl.col(col).replace_strict(mapping, default=None, return_dtype=pl.String))
+        hashed = pl.Series([_hmac_hex24(inner, outer, v) for v in uniques.to_list()], dtype=pl.String)
+        out = out.with_columns(pl.col(col).replace_strict(uniques, hashed, default=None, return_dtype=pl.String))
     return out
+
+
+def _hmac_pads(key: bytes) -> tuple[Any, Any]:
+    """HMAC-SHA256 (RFC 2104) inner and outer hash states for ``key``, computed once."""
+    block = 64
+    k = hashlib.sha256(key).digest() if len(key) > block else key
+    k = k.ljust(block, b"\0")
+    return hashlib.sha256(bytes(b ^ 0x36 for b in k)), hashlib.sha256(bytes(b ^ 0x5C for b in k))
+
+
+def _hmac_hex24(inner: Any, outer: Any, value: str) -> str:
+    """``"p_" + hmac.new(key, value, sha256).hexdigest()[:24]`` from precomputed pads (≈5× faster)."""
+    i = inner.copy()
+    i.update(value.encode())
+    o = outer.copy()
+    o.update(i.digest())
+    return "p_" + o.hexdigest()[:24]
 
 
 def business_day_bounds(day: date, tz: ZoneInfo) -> tuple[datetime, datetime]:

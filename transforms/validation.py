@@ -64,26 +64,32 @@ def row_reasons(typed: pl.DataFrame, ge_failures: dict[str, list[int]], known: p
     pairs = [(rid, code) for code, ids in ge_failures.items() for rid in ids]
     ge = (pl.DataFrame(pairs, schema={ROW_ID: pl.Int64, "_code": pl.String}, orient="row")
           .group_by(ROW_ID).agg(pl.col("_code").alias("_ge")))
-    out = typed.join(ge, on=ROW_ID, how="left").with_columns(
-        pl.concat_list(pl.col("_parse_errors"), pl.col("_ge").fill_null(pl.lit([], pl.List(pl.String))))
-        .alias("_codes"))
+    out = typed.join(ge, on=ROW_ID, how="left")
+    unknown: pl.Expr = pl.lit(False)
     if known is not None and "merchant_id" in typed.columns:
         out = out.join(known.rename({"merchant_id": "_m"}), left_on="merchant_id", right_on="_m", how="left")
         unknown = pl.col("merchant_id").is_not_null() & (
             pl.col("first_seen").is_null() | (pl.col("first_seen") > pl.col("_dt")))
-        out = out.with_columns(
-            pl.when(unknown).then(pl.concat_list(pl.col("_codes"), pl.lit(["unknown_merchant"])))
-            .otherwise(pl.col("_codes")).alias("_codes")).drop("first_seen")
+    out = out.with_columns(unknown.alias("_unknown"))
+    flagged = (pl.col("_parse_errors").list.len() > 0) | pl.col("_ge").is_not_null() | pl.col("_unknown")
+    # Almost every row is clean: the list work below runs only on the few rows with a reason.
+    clean = out.filter(~flagged).with_columns(pl.lit([], pl.List(pl.String)).alias("reason_codes"))
+    dirty = out.filter(flagged).with_columns(
+        pl.concat_list(pl.col("_parse_errors"), pl.col("_ge").fill_null(pl.lit([], pl.List(pl.String))),
+                       pl.when(pl.col("_unknown")).then(pl.lit(["unknown_merchant"]))
+                       .otherwise(pl.lit([], pl.List(pl.String))))
+        .alias("_codes"))
     # A value that was present but unreadable is reported once, as unparseable, not also as missing.
-    out = out.with_columns(
+    dirty = dirty.with_columns(
         pl.col("_codes").list.eval(
             pl.element().filter(~(
                 pl.element().str.starts_with("missing_value:")
                 & pl.element().str.replace("missing_value:", "unparseable:", literal=True)
                 .is_in(pl.element().filter(pl.element().str.starts_with("unparseable:")).implode())
             ))
-        ).list.unique().list.sort().alias("reason_codes"))
-    return out.drop("_ge", "_codes")
+        ).list.unique().list.sort().alias("reason_codes")).drop("_codes")
+    drop = ["_ge", "_unknown", *(["first_seen"] if "first_seen" in out.columns else [])]
+    return pl.concat([clean, dirty], how="vertical").sort(ROW_ID).drop(drop)
 
 
 def row_hash(source: Source) -> pl.Expr:
@@ -103,16 +109,24 @@ class Outcome:
 
     def day_report(self, day: date) -> dict[str, Any]:
         """Accounting of one delivery day at staging time."""
-        rows = self.all_rows.filter(pl.col("_dt") == day)
-        q = self.quarantined.filter(pl.col("_dt") == day)
-        by_reason = (q.select(pl.col("reason_codes").explode()).group_by("reason_codes").len()
-                     .sort("reason_codes"))
+        if not hasattr(self, "_counts"):
+            def per_day(frame: pl.DataFrame) -> dict[date, int]:
+                return dict(frame.group_by("_dt").len().iter_rows())
+
+            reasons = (self.quarantined.select("_dt", "reason_codes").explode("reason_codes").drop_nulls()
+                       .group_by("_dt", "reason_codes").len().sort("_dt", "reason_codes"))
+            by_reason: dict[date, dict[str, int]] = {}
+            for d, r, n in reasons.iter_rows():
+                by_reason.setdefault(d, {})[r] = int(n)
+            self._counts = (per_day(self.all_rows), per_day(self.quarantined), per_day(self.duplicates),
+                            per_day(self.accepted), by_reason)
+        read, quar, dup, acc, by_reason = self._counts
         return {
-            "read": rows.height,
-            "quarantined": q.height,
-            "quarantined_by_reason": {r: int(n) for r, n in by_reason.iter_rows()},
-            "duplicate": self.duplicates.filter(pl.col("_dt") == day).height,
-            "accepted_at_staging": self.accepted.filter(pl.col("_dt") == day).height,
+            "read": read.get(day, 0),
+            "quarantined": quar.get(day, 0),
+            "quarantined_by_reason": by_reason.get(day, {}),
+            "duplicate": dup.get(day, 0),
+            "accepted_at_staging": acc.get(day, 0),
         }
 
 
@@ -134,10 +148,20 @@ def apply_versions(typed: pl.DataFrame, reasons: pl.DataFrame, prior: pl.LazyFra
     valid = rows.filter(pl.col("reason_codes").list.len() == 0)
     key = list(source.key)
     cols = [*key, "_row_hash", *LINEAGE_ORDER]
+    if prior is not None and source.name != "merchants":
+        # Only earlier deliveries of this batch's ids can matter (the registry keeps its full
+        # history: first_seen needs it).
+        prior = prior.select(cols).join(valid.select(key).unique().lazy(), on=key, how="semi")
     prior_df = (prior.select(cols).collect(engine="in-memory") if prior is not None
                 else pl.DataFrame(schema={c: valid.schema[c] for c in cols}))
     combined = pl.concat([prior_df.with_columns(pl.lit(-1, pl.Int64).alias(ROW_ID)),
-                          valid.select(*cols, ROW_ID)], how="vertical").sort(LINEAGE_ORDER)
+                          valid.select(*cols, ROW_ID)], how="vertical")
+    # Ids seen once (nearly all) are accepted as they are; the ordered window logic runs on the rest.
+    group = key if source.versioning == "immutable" else [*key, "_row_hash"]
+    repeated = (pl.col(group[0]) if len(group) == 1 else pl.struct(group)).is_duplicated()
+    single = combined.filter(~repeated & (pl.col(ROW_ID) >= 0)).select(
+        ROW_ID, pl.lit("accepted").alias("_status"))
+    combined = combined.filter(repeated).sort(LINEAGE_ORDER)
     if source.versioning == "immutable":
         combined = combined.with_columns(
             pl.col("_row_hash").first().over(key).alias("_origin_hash"),
@@ -156,6 +180,7 @@ def apply_versions(typed: pl.DataFrame, reasons: pl.DataFrame, prior: pl.LazyFra
         combined = combined.with_columns((pl.int_range(pl.len()).over([*key, "_row_hash"]) > 0).alias("_dup"))
         status = combined.filter(pl.col(ROW_ID) >= 0).select(
             ROW_ID, pl.when(pl.col("_dup")).then(pl.lit("duplicate")).otherwise(pl.lit("accepted")).alias("_status"))
+    status = pl.concat([single, status], how="vertical")
     valid = valid.join(status, on=ROW_ID, how="left")
     conflicts = valid.filter(pl.col("_status") == "conflict").with_columns(
         pl.lit(["conflicting_duplicate"]).alias("reason_codes"))

@@ -632,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
         measured: list[str] = []
         if to_run or not a.skip_310:
             snap = snapshot_code(workdir)
-            machine = machine_info() | {"code": snap}
+            machine = machine_info() | {"code": snap, "argv": sys.argv[1:]}
             for size in to_run:
                 reason = skip_reason(size)
                 if reason:

@@ -623,16 +623,6 @@ def recent_enforcement(lake: Lake, day: date, days: int = 56) -> list[dict[str, 
     return out
 
 
-def previous_scores(lake: Lake, day: date) -> pl.DataFrame | None:
-    """The latest published scores strictly before ``day`` (enforcement carries state)."""
-    earlier = [d for d in lake.partitions("scores", "score_date") if d < day]
-    if not earlier:
-        return None
-    files = lake.parquet_files(f"scores/score_date={earlier[-1].isoformat()}")
-    return pl.read_parquet(files) if files else None
-
-
-# ----------------------------------------------------------------------------- publish
 def publish(ctx: RunContext, settings: Settings | None = None) -> RunResult:
     """Check the scores with their suite, write the manifest and commit atomically."""
     from transforms.expectations import ROW_ID, load_suite, run_suite

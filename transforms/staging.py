@@ -23,7 +23,7 @@ import polars as pl
 import pyarrow as pa
 
 from transforms.errors import FileRejected
-from transforms.schemas import SOURCES, Source
+from transforms.schemas import Source
 
 #: A column is judged "of the wrong type" (a file-level failure) when at least this
 #: many values are present and not one of them can be read as the column's kind.
@@ -452,11 +452,3 @@ def business_day_bounds(day: date, tz: ZoneInfo) -> tuple[datetime, datetime]:
 def event_day_expr(col: str, tz: str) -> pl.Expr:
     """The business day (in ``tz``) of a UTC timestamp column."""
     return pl.col(col).dt.convert_time_zone(tz).dt.date()
-
-
-def row_hash_expr(source: Source) -> pl.Expr:
-    """A content hash over the contract columns, for duplicate detection."""
-    return pl.struct([pl.col(c) for c in source.names]).hash(seed=0x5EED)
-
-
-SOURCES_BY_NAME = SOURCES

@@ -36,6 +36,7 @@ DSA art. 20); a termination-level action (to the worst tier) takes effect after
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from typing import Any
@@ -70,6 +71,8 @@ SIGNAL_COLUMNS: dict[str, pl.DataType] = {
     "sales_days_observed": pl.Int64(),
     "quality_affected_buyer_count": pl.Int64(),
     "description_affected_buyer_count": pl.Int64(),
+    "quality_surge_complaint_count": pl.Int64(),
+    "nad_surge_complaint_count": pl.Int64(),
 }
 
 _QUALITY_COMPLAINTS = ("quality", "counterfeit")
@@ -151,12 +154,18 @@ def evidence_signals(complaints: pl.LazyFrame, returns: pl.LazyFrame, sales: pl.
 
     if "order_id" not in complaints.collect_schema().names():  # optional in the contract
         complaints = complaints.with_columns(pl.lit(None, pl.String).alias("order_id"))
-    c = in_window(complaints, pl.col("opened_at").dt.convert_time_zone(tz).dt.date())
+    from transforms.manipulation import discount_complaints
+
+    c = in_window(discount_complaints(complaints, policy, tz), pl.col("opened_at").dt.convert_time_zone(tz).dt.date())
     recent = pl.col("_d") >= recent_start
     c_agg = c.group_by("merchant_id").agg(
         recent.sum().cast(pl.Int64).alias("complaint_recent_count"),
         pl.col("complainant_id").filter(recent).n_unique().cast(pl.Int64).alias("complainant_recent_distinct_count"),
         (~recent).sum().cast(pl.Int64).alias("complaint_baseline_count"),
+        (pl.col("is_surge") & pl.col("category").is_in(list(_QUALITY_COMPLAINTS))).sum().cast(pl.Int64)
+        .alias("quality_surge_complaint_count"),
+        (pl.col("is_surge") & (pl.col("category") == "not_as_described")).sum().cast(pl.Int64)
+        .alias("nad_surge_complaint_count"),
     )
     s = in_window(sales, pl.col("date"))
     s_agg = s.group_by("merchant_id").agg(
@@ -181,7 +190,7 @@ def evidence_signals(complaints: pl.LazyFrame, returns: pl.LazyFrame, sales: pl.
 
 def _affected_buyers(c: pl.LazyFrame, r: pl.LazyFrame, c_cats: tuple[str, ...], r_reasons: tuple[str, ...],
                      name: str) -> pl.LazyFrame:
-    comp = c.filter(pl.col("category").is_in(list(c_cats)))
+    comp = c.filter(pl.col("category").is_in(list(c_cats)) & ~pl.col("is_surge"))
     ret = r.filter(pl.col("reason").is_in(list(r_reasons)))
     ret_only = ret.join(comp.select("merchant_id", "order_id").drop_nulls(), on=["merchant_id", "order_id"],
                         how="anti")
@@ -233,29 +242,40 @@ def _rule_terms(dimension: str) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
     Description counts returns and complaints only: mismatch *reviews* need no purchase
     and could be planted, so they never trigger a hard rule on their own.
     """
+    # Complaints of a surge (manipulation.discount_complaints: a collective dispute or a
+    # campaign) never count towards a hard rule: people review them first.
     if dimension == "quality":
-        return (pl.col("quality_defect_count"), pl.col("quality_exposure_count"),
-                pl.col("quality_affected_buyer_count"))
+        return ((pl.col("quality_defect_count") - pl.col("quality_surge_complaint_count")).clip(lower_bound=0),
+                pl.col("quality_exposure_count"), pl.col("quality_affected_buyer_count"))
     if dimension == "description":
-        return (pl.col("nad_return_count") + pl.col("nad_complaint_count"), pl.col("description_exposure_count"),
+        return ((pl.col("nad_return_count") + pl.col("nad_complaint_count") - pl.col("nad_surge_complaint_count"))
+                .clip(lower_bound=0), pl.col("description_exposure_count"),
                 pl.col("description_affected_buyer_count"))
     if dimension == "after_sales":
-        return (pl.col("after_sales_failure_count"), pl.col("after_sales_exposure_count"),
-                pl.col("after_sales_failure_count"))
+        # Every surge complaint is taken out of the cases, and counted as a failed one (the
+        # merchant's favour: its remaining failure rate can only go down).
+        failures = (pl.col("after_sales_failure_count") - pl.col("surge_complaint_count")).clip(lower_bound=0)
+        return (failures, (pl.col("after_sales_exposure_count") - pl.col("surge_complaint_count"))
+                .clip(lower_bound=0), failures)
     return (pl.col("fulfilment_failure_count"), pl.col("fulfilment_exposure_count"),
             pl.col("fulfilment_failure_count"))
 
 
-def category_benchmark(bad: pl.Expr, exposure: pl.Expr, floor: float, cap: float) -> pl.Expr:
+def category_benchmark(bad: pl.Expr, exposure: pl.Expr, floor: float, cap: float,
+                       include: pl.Expr | None = None) -> pl.Expr:
     """The pooled rate of the *other* merchants of the category (raw counts), never below ``floor``.
 
     Each merchant counts with at most ``cap`` exposures (its counts scaled down), and the
     merchant itself is left out: a large seller cannot set its own benchmark (with many
     defects it would otherwise raise its category's rate and hide itself), and a few big
-    sellers do not stand for the whole category. Without other merchants in the category,
-    the rest of the marketplace is the benchmark.
+    sellers do not stand for the whole category. ``include`` (a boolean expression) keeps
+    merchants out of the pool, e.g. those a first pass already proved far worse than
+    their peers. Without other merchants in the category, the rest of the marketplace is
+    the benchmark.
     """
     w = pl.when(exposure > cap).then(cap / exposure).otherwise(1.0)
+    if include is not None:
+        w = pl.when(include).then(w).otherwise(0.0)
     wb, we = bad * w, exposure * w
     rest_bad = wb.sum().over("category") - wb
     rest_exp = we.sum().over("category") - we
@@ -264,17 +284,39 @@ def category_benchmark(bad: pl.Expr, exposure: pl.Expr, floor: float, cap: float
     return pl.max_horizontal(rate.fill_null(floor), pl.lit(floor))
 
 
+def log_likelihood_ratio(bad: pl.Expr, exposure: pl.Expr, benchmark: pl.Expr, multiple: float,
+                         null_multiple: float = 1.0) -> pl.Expr:
+    """Natural log of how much likelier ``bad`` events in ``exposure`` trials are at ``multiple`` × the benchmark.
+
+    Binomial likelihoods of the observed count under the alternative rate
+    ``p1 = min(multiple × b, (1 + p0) / 2)`` against the null rate ``p0 = null_multiple × b``
+    (``b`` the benchmark; a null multiple above 1 allows for the normal spread of merchants
+    around their category). This is the statistic of Wald's sequential probability ratio
+    test: for a merchant whose true rate is at most ``p0``, the chance that it *ever* reaches
+    ``ln A`` as evidence accumulates is at most ``1 / A`` (Ville's inequality), however many
+    nightly runs look at it. It grows with evidence only when the merchant's rate is above
+    ``(p1 - p0) / ln(p1 / p0)`` (roughly), and shrinks otherwise.
+    """
+    p0 = (benchmark * null_multiple).clip(1e-9, 0.99)
+    p1 = pl.min_horizontal(benchmark * multiple, (p0 + 1.0) / 2.0)
+    x = bad.cast(pl.Float64)
+    n = exposure.cast(pl.Float64)
+    return (x * (p1 / p0).log() + (n - x).clip(lower_bound=0.0) * ((1.0 - p1) / (1.0 - p0)).log()).fill_null(0.0)
+
+
 def enforcement_columns(scores: pl.DataFrame, policy: Policy) -> pl.DataFrame:
     """Add the optimistic score, hard-rule tests, surge flag and band ranks to score rows.
 
     Columns added: ``score_upper``, ``complaint_recent_expected``,
     ``is_collective_complaint``, ``_upper_rank``, ``_improved_rank`` and per rate rule
-    ``_rule_<name>_low`` (the Wilson lower bound), ``_rule_<name>_bad``/``_exp``/
-    ``_buyers``/``_threshold``, ``_rule_<name>_fires`` and ``_rule_<name>_holds``
-    (at the release ratio), per licence rule ``_rule_<name>_fires``.
+    ``_rule_<name>_low`` (the Wilson lower bound at the evidence confidence level),
+    ``_rule_<name>_bad``/``_exp``/``_buyers``/``_benchmark``, ``_rule_<name>_evidence_log10``
+    (the log10 likelihood ratio of :func:`log_likelihood_ratio`), ``_rule_<name>_fires`` and
+    ``_rule_<name>_holds`` (at the release ratio of the log evidence), per licence rule
+    ``_rule_<name>_fires``.
     """
     e = policy.enforcement
-    z = z_value(e.hard_rule_confidence_level)
+    z = z_value(policy.evidence.confidence_level)
     frame = scores.with_columns([pl.lit(0, dtype).alias(k) for k, dtype in SIGNAL_COLUMNS.items()
                                  if k not in scores.columns])
     # Without the signals (not joined), assume a fully observed window and fall back to the event counts.
@@ -293,29 +335,50 @@ def enforcement_columns(scores: pl.DataFrame, policy: Policy) -> pl.DataFrame:
     frame = frame.with_columns(optimistic_score(policy).alias("score_upper"),
                                (per_order * pl.col("orders_recent_count")).alias("complaint_recent_expected"))
     frame = frame.with_columns(
-        (((pl.col("complaint_recent_count") >= cc.min_complaints)
+        ((((pl.col("complaint_recent_count") >= cc.min_complaints)
           & (pl.col("complainant_recent_distinct_count") >= cc.min_distinct_complainants)
           & (pl.col("complaint_recent_count") >= cc.surge_multiple * pl.col("complaint_recent_expected")))
          # A surge anywhere in the window (scoring's surge rule, see manipulation.discount_complaints)
          # also routes to people: a lake started after the surge must not miss it.
          | (pl.col("surge_complaint_count") > 0))
+        # A surge is judged against the merchant's own history: before min_observed_days of it
+        # (a new merchant, a new lake) chronic complaint levels would look like a surge.
+        & (pl.col("sales_days_observed") >= e.min_observed_days))
         .alias("is_collective_complaint"),
         band_rank(pl.col("score_upper"), policy).alias("_upper_rank"),
         band_rank(pl.col("score_upper") - e.hysteresis_points, policy).alias("_improved_rank"),
     )
     cols: list[pl.Expr] = []
+    bar = math.log(e.hard_rule_evidence_ratio)
+    # Built in stages (one with_columns each): nesting the window expressions into one
+    # expression tree makes Polars evaluate the shared parts over and over.
+    stage: list[list[pl.Expr]] = [[], [], [], []]
     for rule in e.rate_rules:
-        bad, exp_, buyers = _rule_terms(rule.dimension)
-        lo, _ = wilson_bounds(bad.clip(upper_bound=exp_), exp_, z)
-        benchmark = category_benchmark(bad, exp_, getattr(policy.dimensions, rule.dimension).min_category_rate,
-                                       e.benchmark_exposure_cap)
-        threshold = pl.max_horizontal(benchmark * rule.min_multiple_of_category, pl.lit(rule.min_rate))
+        b, x, u = _rule_terms(rule.dimension)
         p = f"_rule_{rule.name}"
-        cols += [lo.alias(f"{p}_low"), bad.alias(f"{p}_bad"), exp_.alias(f"{p}_exp"), buyers.alias(f"{p}_buyers"),
-                 benchmark.alias(f"{p}_benchmark"), threshold.alias(f"{p}_threshold"),
-                 ((lo >= threshold) & (buyers >= rule.min_affected_buyers)).alias(f"{p}_fires"),
-                 ((lo >= threshold * e.hard_rule_release_ratio) & (buyers >= rule.min_affected_buyers))
-                 .alias(f"{p}_holds")]
+        bad, exp_ = pl.col(f"{p}_bad"), pl.col(f"{p}_exp")
+        floor = getattr(policy.dimensions, rule.dimension).min_category_rate
+        stage[0] += [b.clip(upper_bound=x).alias(f"{p}_bad"), x.alias(f"{p}_exp"), u.alias(f"{p}_buyers")]
+        # Two passes: merchants the first pass already proves far worse than their peers do not
+        # set the benchmark, or a category with many bad sellers would look normal to itself.
+        stage[1].append(category_benchmark(bad, exp_, floor, e.benchmark_exposure_cap).alias(f"{p}_first"))
+        stage[2].append(category_benchmark(
+            bad, exp_, floor, e.benchmark_exposure_cap,
+            include=log_likelihood_ratio(bad, exp_, pl.col(f"{p}_first"), rule.alternative_multiple,
+                                         rule.null_multiple) < bar,
+        ).alias(f"{p}_benchmark"))
+        llr = log_likelihood_ratio(bad, exp_, pl.col(f"{p}_benchmark"), rule.alternative_multiple, rule.null_multiple)
+        raw = pl.when(exp_ > 0).then(bad / exp_).otherwise(0.0)
+        buyers = pl.col(f"{p}_buyers")
+        stage[3] += [wilson_bounds(bad, exp_, z)[0].alias(f"{p}_low"),
+                     (llr / math.log(10)).alias(f"{p}_evidence_log10"),
+                     ((llr >= bar) & (raw >= rule.min_rate) & (buyers >= rule.min_affected_buyers))
+                     .alias(f"{p}_fires"),
+                     ((llr >= bar * e.hard_rule_release_ratio) & (buyers >= rule.min_affected_buyers))
+                     .alias(f"{p}_holds")]
+    for exprs in stage:
+        frame = frame.with_columns(exprs)
+    frame = frame.drop([f"_rule_{r.name}_first" for r in e.rate_rules])
     for lrule in e.licence_rules:
         cols.append((pl.col("is_regulated_category") & (pl.col("licence_state") == lrule.licence_state))
                     .alias(f"_rule_{lrule.name}_fires"))
@@ -372,6 +435,9 @@ class Ladder:
     hold_days: int
     freeze_days: int = 7
     drop_points: float = 3.0
+    #: Rate rules whose evidence no complainant can produce (fulfilment: the sales feed); they
+    #: and the licence rules still apply to a merchant held for a collective-complaint review.
+    complaint_free_rules: tuple[str, ...] = ()
 
     @classmethod
     def from_policy(cls, policy: Policy) -> Ladder:
@@ -383,7 +449,8 @@ class Ladder:
                    rule_rank=rules, rate_rules=tuple(r.name for r in e.rate_rules), max_steps=e.max_steps_per_day,
                    min_days_in_tier=e.min_days_in_tier, improvement_days=e.improvement_days,
                    notice_days=e.notice_days, hold_days=e.collective_complaints.hold_days,
-                   freeze_days=e.blast_radius.freeze_days, drop_points=e.blast_radius.cohort_drop_points)
+                   freeze_days=e.blast_radius.freeze_days, drop_points=e.blast_radius.cohort_drop_points,
+                   complaint_free_rules=tuple(r.name for r in e.rate_rules if r.dimension == "fulfilment"))
 
     def rank(self, tier: str) -> int:
         return self.names.index(tier)
@@ -447,7 +514,9 @@ def step(prev: Carried | None, ev: Evidence, lad: Ladder, day: date) -> Step:
                         if r in ev.rules_firing or (r in base.hard_rules and r in ev.rules_holding))
     active_rules = rate_active + ev.licence_rules
     floor_all = max((lad.rule_rank[r] for r in active_rules), default=0)
-    floor_licence = max((lad.rule_rank[r] for r in ev.licence_rules), default=0)
+    # Under a collective-complaint review only evidence a complaint campaign cannot make moves the ladder.
+    floor_licence = max((lad.rule_rank[r] for r in ev.licence_rules
+                         + tuple(r for r in rate_active if r in lad.complaint_free_rules)), default=0)
     e_rank = max(ev.upper_rank, floor_all)
 
     if base.state == lad.insufficient and not new:
@@ -716,15 +785,19 @@ def _text_columns(frame: pl.DataFrame) -> list[str]:
 
 def _rule_detail(frame_row: dict[str, Any], name: str, policy: Policy) -> str:
     e = policy.enforcement
-    level = f"{e.hard_rule_confidence_level * 100:g}%"
+    level = f"{policy.evidence.confidence_level * 100:g}%"
     for r in e.rate_rules:
         if r.name == name:
             p = f"_rule_{name}"
-            return (f"hard rule {name}: the {level} lower bound of the {r.dimension.replace('_', '-')} rate is "
-                    f"{frame_row[f'{p}_low']:.2%} ({frame_row[f'{p}_bad']} of {frame_row[f'{p}_exp']}), at least "
-                    f"{r.min_multiple_of_category:g}× the rate of the category's other merchants "
-                    f"{frame_row[f'{p}_benchmark']:.2%}"
-                    f" and {r.min_rate:.2%}, with {frame_row[f'{p}_buyers']} distinct buyers affected "
+            bad, exp_ = frame_row[f"{p}_bad"], frame_row[f"{p}_exp"]
+            rate = bad / exp_ if exp_ else 0.0
+            return (f"hard rule {name}: {bad} {r.dimension.replace('_', '-')} problems in {exp_} "
+                    f"(rate {rate:.2%}, {level} lower bound {frame_row[f'{p}_low']:.2%}) against "
+                    f"{frame_row[f'{p}_benchmark']:.2%} for the category's other merchants; these counts are "
+                    f"10^{frame_row[f'{p}_evidence_log10']:.1f} times likelier at {r.alternative_multiple:g}× the "
+                    f"category's rate than at {r.null_multiple:g}× it (the rule needs "
+                    f"{e.hard_rule_evidence_ratio:g}), the rate is at least "
+                    f"{r.min_rate:.2%} and {frame_row[f'{p}_buyers']} distinct buyers are affected "
                     f"(minimum {r.min_affected_buyers}); at least {r.min_tier}")
     for lr in e.licence_rules:
         if lr.name == name:

@@ -35,8 +35,13 @@ def required_rate(target_subscore: float, category_rate: float, multiple: float,
     return float(category_rate * multiple * ((100.0 / target_subscore) - 1.0) ** (1.0 / steepness))
 
 
-def explain_row(row: dict[str, Any], policy: Policy, day: date) -> dict[str, Any]:
-    """Build the explanation of one published score row (pure; used by the CLI and tests)."""
+def explain_row(row: dict[str, Any], policy: Policy, day: date,
+                state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Build the explanation of one published score row (pure; used by the CLI and tests).
+
+    ``state`` is the merchant's enforcement state row of the same date, when published:
+    it tells how long the merchant has been in its tier for the path out of it.
+    """
     weights = policy.dimensions.weights()
     dims: dict[str, Any] = {}
     for d in RATE_DIMENSIONS:
@@ -77,7 +82,47 @@ def explain_row(row: dict[str, Any], policy: Policy, day: date) -> dict[str, Any
         "reasons": [{"code": c, "detail": t, "points_lost": p} for c, t, p in
                     zip(row["reason_codes"], row["reason_details"], row["reason_points"], strict=True)],
         "counterfactual": counterfactual(row, policy, day),
+        "enforcement": enforcement_path(row, state, policy, day),
     }
+
+
+def enforcement_path(row: dict[str, Any], state: dict[str, Any] | None, policy: Policy, day: date) -> dict[str, Any]:
+    """What it takes to leave the enforced tier (which may differ from the score's band).
+
+    Stepping down the ladder needs the *optimistic* score ``score_upper`` above the better
+    tier's threshold plus the hysteresis margin on ``improvement_days`` consecutive runs,
+    after ``min_days_in_tier`` days in the tier, and every hard rule in force released
+    (see docs/enforcement.md).
+    """
+    e = policy.enforcement
+    names = [t.name for t in policy.tiers]
+    enforced = row.get("enforced_tier") or row.get("tier")
+    out: dict[str, Any] = {"enforced_tier": enforced, "evidence_tier": row.get("evidence_tier"),
+                           "hard_rules": list(row.get("hard_rules") or []),
+                           "automation_hold": row.get("automation_hold"), "score_upper": row.get("score_upper")}
+    if enforced not in names or names.index(enforced) == 0:
+        out.update(next_tier=None, message=f"{enforced}: nothing to leave" if enforced in names else
+                   f"{enforced}: no automated enforcement until the evidence is sufficient")
+        return out
+    target = policy.tiers[names.index(enforced) - 1]
+    bar = target.min_score + e.hysteresis_points
+    since = state.get("since") if state else None
+    streak = int(state.get("improve_streak") or 0) if state else 0
+    earliest = since + timedelta(days=e.min_days_in_tier) if isinstance(since, date) else None
+    upper = row.get("score_upper")
+    needs = [f"the optimistic score (now {upper:.1f}) at or above {bar:g} ({target.name}'s {target.min_score:g} "
+             f"+ {e.hysteresis_points:g} margin) on {e.improvement_days} consecutive daily runs (so far {streak})"
+             if upper is not None else f"the optimistic score at or above {bar:g}"]
+    if earliest is not None and isinstance(since, date):
+        needs.append(f"not before {earliest.isoformat()} ({e.min_days_in_tier} days in {enforced}, since "
+                     f"{since.isoformat()})")
+    if out["hard_rules"]:
+        needs.append("the hard rule(s) " + ", ".join(out["hard_rules"]) + " released (a rate rule's evidence ratio "
+                     f"below {e.hard_rule_evidence_ratio:g} ** {e.hard_rule_release_ratio:g}; a licence put right)")
+    out.update(next_tier=target.name, optimistic_score_needed=bar, improve_streak=streak,
+               earliest_step_down=earliest.isoformat() if earliest else None, needs=needs,
+               message=f"to step down from {enforced} to {target.name}: " + "; ".join(needs))
+    return out
 
 
 def counterfactual(row: dict[str, Any], policy: Policy, day: date) -> dict[str, Any]:
@@ -102,7 +147,11 @@ def counterfactual(row: dict[str, Any], policy: Policy, day: date) -> dict[str, 
     options = []
     for d in (*RATE_DIMENSIONS, "satisfaction"):
         sub = float(row[f"{d}_score"])
-        need = sub + gap / weights[d] if weights[d] > 0 else float("inf")
+        # The composite is a weighted geometric mean: raising one sub-score s to s' multiplies the
+        # score by (s' / s) ** weight, so reaching the target alone needs s' = s * (target / score) ** (1 / weight).
+        floor = 1.0
+        need = (max(sub, floor) * (target.min_score / max(score, floor)) ** (1.0 / weights[d])
+                if weights[d] > 0 else float("inf"))
         if need > 100:
             continue
         opt: dict[str, Any] = {"dimension": d, "current_subscore": round(sub, 2), "needed_subscore": round(need, 2)}
@@ -137,7 +186,11 @@ def explain_merchant(settings: Settings, merchant_id: str, day: date) -> dict[st
     if rows.height == 0:
         raise NotFound(f"merchant {merchant_id} has no score on {day}",
                        hint="check the id; only merchants in the registry as of the date are scored")
-    return explain_row(rows.row(0, named=True), load_policy(settings.policy_path), day)
+    state_files = lake.parquet_files(f"state/enforcement/score_date={day.isoformat()}")
+    state_rows = (pl.read_parquet(state_files).filter(pl.col("merchant_id") == merchant_id)
+                  if state_files else None)
+    state = state_rows.row(0, named=True) if state_rows is not None and state_rows.height else None
+    return explain_row(rows.row(0, named=True), load_policy(settings.policy_path), day, state)
 
 
 def _fmt_rate(v: float | None) -> str:
@@ -181,6 +234,9 @@ def render_text(data: dict[str, Any], console: Any) -> None:
         else:
             c.print(f"  - {o['dimension']}: adjusted rating from {o['current_rating']:.2f} to {o['needed_rating']:.2f}",
                     highlight=False, markup=False)
+    en = data.get("enforcement") or {}
+    if en.get("next_tier"):
+        c.print(f"enforcement: {en['message']}", highlight=False, markup=False)
     r = cf["rolloff"]
     c.print(f"old evidence: the oldest day in the window ({r['oldest_evidence_day']}) drops out on "
             f"{r['oldest_evidence_leaves_on']}; everything counted today is gone by "

@@ -824,7 +824,12 @@ def run_date(score_date: date, settings: Settings | None = None, *, root: str | 
     """
     st = _settings(settings, root)
     lake = Lake(st.root)
-    with lake.lock(f"score_date={score_date.isoformat()}", wait_seconds=wait_seconds):
+    d = score_date.isoformat()
+    with lake.lock(f"score_date={d}", wait_seconds=wait_seconds):
+        # A date whose held actions a person released: keep what they released, to compare below.
+        prior = manifest_for(lake, score_date)
+        released = (_read_actions(lake, f"actions/score_date={d}")
+                    if prior is not None and prior.get("released") else None)
         ctx: RunContext | None = None
         stage = "ingest"
         try:
@@ -834,12 +839,41 @@ def run_date(score_date: date, settings: Settings | None = None, *, root: str | 
             stage = "score"
             ctx = score(ctx, st)
             stage = "publish"
-            return publish(ctx, st)
+            result = publish(ctx, st)
         except InputRejected as exc:
             if ctx is None:
                 raise
             path = record_failure(ctx, exc, stage=stage)
             return RunResult(score_date, "failed", exc.exit_code, ctx.run_id, path, str(exc))
+    if result.status == "held" and released is not None:
+        held = _read_actions(lake, f"held_actions/score_date={d}")
+        if held is not None and _same_actions(held, released):
+            # The review already happened for exactly these actions: a rerun reproduces the
+            # released day instead of asking people to review it again. Different actions are
+            # a different decision and stay held.
+            from transforms.enforcement_ops import release_date
+
+            release_date(st, score_date)
+            return RunResult(score_date, "published", 0, result.run_id, result.manifest_path,
+                             f"{d}: the guard held the same {held.height} action(s) that were released after "
+                             "review on an earlier run of this date; released again", result.summary)
+    return result
+
+
+def _read_actions(lake: Lake, rel: str) -> pl.DataFrame | None:
+    files = lake.parquet_files(rel)
+    return pl.read_parquet(files) if files else None
+
+
+def _same_actions(a: pl.DataFrame, b: pl.DataFrame) -> bool:
+    """The same actions, whatever run wrote them (``run_id`` and row order aside)."""
+    def norm(f: pl.DataFrame) -> pl.DataFrame:
+        if "run_id" in f.columns and "statement" in f.columns:  # statements quote the run as reference
+            f = f.with_columns(pl.Series("statement", [st.replace(r, "") for st, r in
+                                                       zip(f["statement"], f["run_id"], strict=True)]))
+        return f.drop("run_id", strict=False).sort(sorted(c for c in f.columns if c != "run_id"
+                                                          and f.schema[c] != pl.List(pl.String)))
+    return a.columns == b.columns and a.height == b.height and norm(a).equals(norm(b))
 
 
 def manifest_for(lake: Lake, day: date) -> dict[str, Any] | None:

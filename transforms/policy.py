@@ -147,16 +147,25 @@ class Manipulation(_Strict):
 
 
 class RateRule(_Strict):
-    """A hard rule beside the score: a confidence-bounded bad-event rate and enough distinct buyers.
+    """A hard rule beside the score: a bad-event rate proven high by a likelihood ratio, and enough buyers.
 
-    Fires when the Wilson *lower* bound of the dimension's rate is at least
-    ``min_multiple_of_category`` times the category's rate and at least ``min_rate``,
-    and at least ``min_affected_buyers`` distinct buyers are affected.
+    Fires when the merchant's bad events are at least ``hard_rule_evidence_ratio`` times
+    more likely if its rate were ``alternative_multiple`` times its category's rate than
+    if it were ``null_multiple`` times it, the normal spread among merchants (a sequential
+    probability ratio test), its raw rate is
+    at least ``min_rate``, and at least ``min_affected_buyers`` distinct buyers are affected.
     """
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     dimension: Literal["quality", "description", "after_sales", "fulfilment"]
-    min_multiple_of_category: float = Field(gt=0)
+    null_multiple: float = Field(ge=1)
+    alternative_multiple: float = Field(gt=1)
+
+    @model_validator(mode="after")
+    def _alternative_above_null(self) -> RateRule:
+        if self.alternative_multiple <= self.null_multiple:
+            raise ValueError(f"rate rule {self.name}: alternative_multiple must exceed null_multiple")
+        return self
     min_rate: float = Field(ge=0, lt=1)
     min_affected_buyers: int = Field(ge=1)
     min_tier: str
@@ -206,7 +215,7 @@ class Enforcement(_Strict):
     notice_days: int = Field(ge=0)
     appeal_days: int = Field(ge=183)
     hard_rule_release_ratio: float = Field(gt=0, le=1)
-    hard_rule_confidence_level: float = Field(gt=0.5, lt=1.0)
+    hard_rule_evidence_ratio: float = Field(gt=1)
     benchmark_exposure_cap: float = Field(gt=0)
     rate_rules: list[RateRule]
     licence_rules: list[LicenceRule]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from transforms.enforcement import (
     decide,
     enforcement_columns,
     evidence_signals,
+    log_likelihood_ratio,
     step,
 )
 from transforms.errors import PolicyError
@@ -279,7 +281,7 @@ def _scored(ids: list[str], orders: int = 50, rev: pl.LazyFrame | None = None, c
 PEERS = [f"P{i}" for i in range(6)]
 
 
-def test_quality_rate_rule_needs_the_lower_bound_and_distinct_buyers() -> None:
+def test_quality_rate_rule_needs_the_evidence_ratio_and_distinct_buyers() -> None:
     many = _returns([{"merchant_id": "Q", "requested_at": ts(k % 25)} for k in range(90)])
     rows = _scored(["Q", *PEERS], ret=many)
     decs = _run([rows] * 3)
@@ -338,7 +340,12 @@ def test_a_collective_complaint_surge_is_flagged_and_not_penalised() -> None:
     rows = _scored(["C", *PEERS], com=surge)
     cols = enforcement_columns(rows, POLICY).filter(pl.col("merchant_id") == "C")
     assert cols["is_collective_complaint"][0]
-    assert cols["_rule_quality_defect_rate_fires"][0]  # on its face the complaints would trigger a penalty
+    # Surge complaints await people: they never count towards a hard rule.
+    assert cols["quality_surge_complaint_count"][0] == 30
+    assert cols["_rule_quality_defect_rate_bad"][0] == 0
+    assert not cols["_rule_quality_defect_rate_fires"][0]
+    # Even a score pointing to a penalty (here forced to 30) waits for people while the surge is reviewed.
+    rows = rows.with_columns(pl.when(pl.col("merchant_id") == "C").then(30.0).otherwise(pl.col("score")).alias("score"))
     decs = _run([rows] * 4)
     assert set(_tiers(decs, "C")) == {"good_standing"}
     c = decs[0].scores.filter(pl.col("merchant_id") == "C").row(0, named=True)
@@ -351,6 +358,44 @@ def test_a_collective_complaint_surge_is_flagged_and_not_penalised() -> None:
                               pl.lit(0, pl.Int64).alias("complaint_recent_count"))
     after = _run([later] * 3, decs[-1].state, start=10)
     assert set(_tiers(after, "C")) == {"good_standing"}
+
+
+def test_a_collective_complaint_review_does_not_shield_complaint_free_evidence() -> None:
+    prev = Carried(state="good_standing", enforced_tier="good_standing", since=_day(-40),
+                   evidence_tier="good_standing", collective_hold_until=_day(100))
+    held = step(prev, Evidence(sufficient=True, active=True, upper_rank=3, improved_rank=3,
+                               rules_firing=("quality_defect_rate",), rules_holding=("quality_defect_rate",)),
+                LAD, DAY)
+    assert held.action is None
+    assert held.hold == HOLD_COLLECTIVE
+    late = step(prev, Evidence(sufficient=True, active=True, upper_rank=0, improved_rank=0,
+                               rules_firing=("fulfilment_failure_rate",),
+                               rules_holding=("fulfilment_failure_rate",)), LAD, DAY)
+    assert late.action == "escalate"
+    assert late.to_tier == "warning"
+
+
+def test_rate_rule_evidence_ratio_is_wald_log_likelihood_ratio() -> None:
+    frame = pl.DataFrame({"x": [14, 3, 0], "n": [100, 100, 100], "b": [0.02, 0.02, 0.02]})
+    got = frame.select(log_likelihood_ratio(pl.col("x"), pl.col("n"), pl.col("b"), 4.0, 1.5)).to_series().to_list()
+    for (x, n, b), llr in zip(frame.rows(), got, strict=True):
+        p0, p1 = 1.5 * b, 4 * b
+        assert llr == pytest.approx(x * math.log(p1 / p0) + (n - x) * math.log((1 - p1) / (1 - p0)))
+    assert got[0] > math.log(E.hard_rule_evidence_ratio) > got[1]
+    assert got[2] < 0
+
+
+def test_rate_rule_evidence_drifts_down_inside_the_normal_spread_however_large_the_merchant() -> None:
+    # A large honest merchant at 1.4x its category (inside the null of 1.5x) only gets further
+    # from the bar as its volume grows; a merchant at 4x crosses it with a few dozen orders' worth.
+    n = pl.Series("n", [1_000, 10_000, 100_000, 200, 400])
+    x = pl.Series("x", [14, 140, 1_400, 16, 32])  # 1.4 % at b = 1 %, then 8 % (4x at b = 2 %)
+    b = pl.Series("b", [0.01, 0.01, 0.01, 0.02, 0.02])
+    got = pl.DataFrame([x, n, b]).select(
+        log_likelihood_ratio(pl.col("x"), pl.col("n"), pl.col("b"), 4.0, 1.5)).to_series().to_list()
+    assert got[0] > got[1] > got[2]
+    assert got[2] < -100
+    assert got[3] < math.log(E.hard_rule_evidence_ratio) < got[4]
 
 
 # --------------------------------------------------------------------- blast radius
@@ -506,8 +551,8 @@ def test_documented_tiers_and_rules_are_the_policys() -> None:
     assert rules.keys() == {r.name for r in E.rate_rules}
     for r in E.rate_rules:
         row = rules[r.name]
-        assert (row[1], float(row[3]), float(row[4]), int(row[5]), row[6]) == (
-            r.dimension, r.min_multiple_of_category, r.min_rate, r.min_affected_buyers, r.min_tier)
+        assert (row[1], float(row[3]), float(row[4]), float(row[5]), int(row[6]), row[7]) == (
+            r.dimension, r.null_multiple, r.alternative_multiple, r.min_rate, r.min_affected_buyers, r.min_tier)
     text = DOC.read_text(encoding="utf-8")
     assert f"`enforcement.penalty_from` (`{E.penalty_from}`)" in text
     for lr in E.licence_rules:

@@ -59,8 +59,8 @@ def discount_reviews(reviews: pl.LazyFrame, policy: Policy, tz: str) -> pl.LazyF
 def discount_complaints(complaints: pl.LazyFrame, policy: Policy, tz: str) -> pl.LazyFrame:
     """Add ``complaint_weight`` and ``is_surge`` to complaints (current versions).
 
-    A complaint belongs to a *surge* when, in the ``complaint_surge_window_days`` days
-    ending on the day it was opened, the merchant received at least
+    A complaint belongs to a *surge* when the day it was opened lies in a stretch of
+    ``complaint_surge_window_days`` days in which the merchant received at least
     ``complaint_surge_min`` complaints, ``complaint_surge_multiple`` times its usual
     rate for such a stretch (its window average), from at least
     ``complaint_surge_min_complainants`` distinct people. Surge complaints weigh
@@ -85,10 +85,14 @@ def discount_complaints(complaints: pl.LazyFrame, policy: Policy, tz: str) -> pl
          / (pl.col("_day").max().over("merchant_id") - pl.col("_day").min().over("merchant_id")
             ).dt.total_days().clip(lower_bound=policy.window.days).cast(pl.Float64) * span).alias("_usual_span"),
     )
-    surge_days = (per_day.filter((pl.col("_n_span") >= m.complaint_surge_min)
+    surge_ends = (per_day.filter((pl.col("_n_span") >= m.complaint_surge_min)
                                  & (pl.col("_n_span") >= m.complaint_surge_multiple * pl.col("_usual_span"))
                                  & (pl.col("_people_span") >= m.complaint_surge_min_complainants))
-                  .select("merchant_id", "_day", pl.lit(True).alias("is_surge")))
+                  .select("merchant_id", "_day"))
+    # A qualifying stretch flags every day in it, not only its last: the first days of a
+    # campaign are as much part of it as the day its count crossed the threshold.
+    surge_days = (pl.concat([surge_ends.with_columns(pl.col("_day") - pl.duration(days=k)) for k in range(span)])
+                  .unique().with_columns(pl.lit(True).alias("is_surge")))
     return (lf.join(surge_days, on=["merchant_id", "_day"], how="left")
             .with_columns(pl.col("is_surge").fill_null(False))
             .with_columns(pl.when(pl.col("is_surge")).then(m.surge_weight).otherwise(1.0).alias("complaint_weight"))

@@ -157,6 +157,23 @@ def test_review_campaign_is_discounted_and_reported() -> None:
     assert abs(with_campaign["satisfaction_score"] - without["satisfaction_score"]) < 5
 
 
+
+def test_every_day_of_a_complaint_surge_is_discounted_not_only_its_last() -> None:
+    """A campaign's first days belong to it: 3 + 4 + 5 complaints on three days, one stretch."""
+    from transforms.manipulation import discount_complaints
+
+    policy = load_policy()
+    usual = [{"merchant_id": "A", "opened_at": ts(10 * k + 20), "complainant_id": f"old{k}"} for k in range(5)]
+    surge = [{"merchant_id": "A", "opened_at": ts(day), "complainant_id": f"angry{day}_{i}"}
+             for day, n in ((7, 3), (6, 4), (5, 5)) for i in range(n)]
+    later = [{"merchant_id": "A", "opened_at": ts(1), "complainant_id": "late"}]
+    got = (discount_complaints(complaints(usual + surge + later), policy, "UTC").collect()
+           .with_columns(pl.col("opened_at").dt.date().alias("day")))
+    flagged = got.filter(pl.col("is_surge"))
+    assert flagged.height == 12  # all three days of the stretch, none of the usual or later ones
+    assert flagged["complainant_id"].str.starts_with("angry").all()
+    assert set(flagged["complaint_weight"]) == {policy.manipulation.surge_weight}
+
 @settings(max_examples=25, deadline=None)
 @given(extra_bad=st.integers(min_value=1, max_value=60), kind=st.sampled_from(["ret", "com", "late"]))
 def test_more_bad_evidence_never_raises_the_score(extra_bad: int, kind: str) -> None:

@@ -136,7 +136,8 @@ def counterfactual(row: dict[str, Any], policy: Policy, day: date) -> dict[str, 
     rolloff = {
         "window_days": row["window_days"],
         "oldest_evidence_day": window_start.isoformat(),
-        "oldest_evidence_leaves_on": (window_start + timedelta(days=1)).isoformat(),
+        # The window ends on the score date and slides one day per run: its oldest day is gone tomorrow.
+        "oldest_evidence_leaves_on": (day + timedelta(days=1)).isoformat(),
         "all_current_evidence_gone_by": (day + timedelta(days=int(row["window_days"]))).isoformat(),
         "half_life_days": policy.window.half_life_days,
     }
@@ -226,7 +227,7 @@ def render_text(data: dict[str, Any], console: Any) -> None:
     for r in data["reasons"]:
         c.print(f"  - {r['code']}: {r['detail']} (costs {r['points_lost']:.1f} points)", highlight=False, markup=False)
     cf = data["counterfactual"]
-    c.print(f"what would change it: {cf['message']}", highlight=False, markup=False)
+    c.print(f"what would change the score's band: {cf['message']}", highlight=False, markup=False)
     for o in cf["options"]:
         if "needed_rate" in o:
             c.print(f"  - {o['dimension']}: rate from {_fmt_rate(o['current_rate'])} to at most "
@@ -236,7 +237,8 @@ def render_text(data: dict[str, Any], console: Any) -> None:
                     highlight=False, markup=False)
     en = data.get("enforcement") or {}
     if en.get("next_tier"):
-        c.print(f"enforcement: {en['message']}", highlight=False, markup=False)
+        c.print(f"enforcement (the tier in force is {en['enforced_tier']}; it moves by the ladder's rules, not by the "
+                f"band alone): {en['message']}", highlight=False, markup=False)
     r = cf["rolloff"]
     c.print(f"old evidence: the oldest day in the window ({r['oldest_evidence_day']}) drops out on "
             f"{r['oldest_evidence_leaves_on']}; everything counted today is gone by "

@@ -139,6 +139,9 @@ def test_faulty_day_is_held_with_exit_4_and_release_publishes_it(lake_root: Path
         d = o["dimension"]
         moved = data["score"] * (o["needed_subscore"] / max(o["current_subscore"], 1.0)) ** weights[d]
         assert moved == pytest.approx(band, rel=1e-3), o
+    r = cf["rolloff"]
+    assert r["oldest_evidence_leaves_on"] == str(last + timedelta(days=1))
+    assert r["all_current_evidence_gone_by"] == str(last + timedelta(days=r["window_days"]))
     text = CliRunner().invoke(app, ["explain", "M2", "--date", str(last), "--root", str(lake_root)])
     assert "to step down from warning to watch" in text.output
 

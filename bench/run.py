@@ -187,23 +187,27 @@ def code_fingerprint(root: Path | None = None) -> str:
     return h.hexdigest()[:16]
 
 
-def snapshot_code(workdir: Path, attempts: int = 20) -> dict[str, Any]:
+def snapshot_code(workdir: Path, attempts: int = 20, *, src: Path | None = None,
+                  label: str | None = None) -> dict[str, Any]:
     """Copy transforms/ and expectations/ aside and measure that copy for the whole run.
 
     Other engineers edit the working tree while the benchmark runs (hours at L); a half-applied
     change (say a policy key ahead of its model) must not fail or skew a measurement. The copy
-    is used only when it imports and loads its policy; otherwise wait and copy again.
+    is used only when it imports and loads its policy; otherwise wait and copy again. ``src``
+    (``--code-from``) takes the copy from another tree instead of the working tree, described
+    by ``label`` in the report.
     """
     global CODE_ROOT  # noqa: PLW0603
+    src = src or REPO
     for i in range(attempts):
-        fp = code_fingerprint(REPO)
+        fp = code_fingerprint(src)
         dst = workdir / "code" / fp
         if not (dst / "transforms").is_dir():
             tmp = workdir / "code" / f".{fp}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(REPO / "transforms", tmp / "transforms",
+            shutil.copytree(src / "transforms", tmp / "transforms",
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-            shutil.copytree(REPO / "expectations", tmp / "expectations")
+            shutil.copytree(src / "expectations", tmp / "expectations")
             shutil.rmtree(dst, ignore_errors=True)
             tmp.rename(dst)
         check = subprocess.run(
@@ -219,7 +223,8 @@ def snapshot_code(workdir: Path, attempts: int = 20) -> dict[str, Any]:
             dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "transforms", "expectations"],
                                    check=False, capture_output=True, text=True).stdout.strip()
             log(f"measuring the code snapshot {dst} (git {git}{', with uncommitted changes' if dirty else ''})")
-            return {"path": CODE_ROOT, "fingerprint": fp, "git_head": git, "uncommitted_changes": bool(dirty)}
+            out = {"path": CODE_ROOT, "fingerprint": fp, "git_head": git, "uncommitted_changes": bool(dirty)}
+            return out | ({"label": label, "from": str(src)} if src != REPO or label else {})
         log(f"code snapshot {fp} does not load (attempt {i + 1}): "
             f"{(check.stderr.strip().splitlines() or ['?'])[-1][:200]}; retrying in 30 s")
         time.sleep(30)
@@ -606,6 +611,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="run L only when the extrapolated full recompute fits in this budget")
     p.add_argument("--force", action="store_true", help="run every requested size whatever the estimate")
     p.add_argument("--render-only", action="store_true", help="re-render the report from saved results")
+    p.add_argument("--code-from", default=None,
+                   help="measure transforms/ and expectations/ of this tree instead of the working tree's")
+    p.add_argument("--code-label", default=None, help="how the report describes the measured code (--code-from)")
     a = p.parse_args(argv)
     workdir = Path(a.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -631,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
             to_run.remove("L")
         measured: list[str] = []
         if to_run or not a.skip_310:
-            snap = snapshot_code(workdir)
+            snap = snapshot_code(workdir, src=Path(a.code_from) if a.code_from else None, label=a.code_label)
             machine = machine_info() | {"code": snap, "argv": sys.argv[1:]}
             for size in to_run:
                 reason = skip_reason(size)
@@ -674,8 +682,8 @@ def l_feasible(resdir: Path, budget_min: float) -> str | None:
                        f"generation ~{gen / 60:.0f} min + two full recomputes ~{2 * full / 60:.0f} min = "
                        f"~{total / 60:.0f} min, over the {budget_min:.0f}-minute budget on this shared 2-core machine")
     if peak_gib > 0.8 * ram_gib:
-        reasons.append(f"memory: the full recompute's peak grows with the events ({r['full']['peak_mib'] / 1024:.1f} "
-                       f"GiB at {ref}), so ~{peak_gib:.0f} GiB is expected at L, more than this machine's "
+        reasons.append(f"memory: scaling the full recompute's peak with the events ({r['full']['peak_mib'] / 1024:.1f} "
+                       f"GiB at {ref}), ~{peak_gib:.0f} GiB could be needed at L, more than this machine's "
                        f"{ram_gib:.0f} GiB of RAM (no swap): the run would be killed by the OOM killer")
     return "; ".join(reasons) or None
 

@@ -216,53 +216,76 @@ def run_suite(frame: pl.DataFrame, suite: dict[str, Any], *, docs_dir: Path | No
         type the rule cannot compare); the message names the suite, the rule and
         the column.
     """
-    gx = _quiet_gx()
-    import great_expectations.expectations as gxe  # noqa: F401  (registers expectation classes)
-    from great_expectations.core.expectation_suite import ExpectationSuite
+    return SuiteRunner(suite, docs_dir=docs_dir, batch_name=batch_name, build_docs=build_docs).run(frame)
 
-    if docs_dir is not None:
-        docs_dir.mkdir(parents=True, exist_ok=True)
-    ctx = _context(gx, docs_dir)
-    gx_suite = ctx.suites.add_or_update(ExpectationSuite(name=suite["name"], expectations=suite["expectations"],
-                                                         meta=suite.get("meta", {})))
-    asset = ctx.data_sources.add_pandas("pipeline").add_dataframe_asset(batch_name)
-    bd = asset.add_batch_definition_whole_dataframe("whole")
-    vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=f"{suite['name']}_vd", data=bd, suite=gx_suite))
-    actions = ([gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=[DOCS_SITE])]
-               if docs_dir is not None and build_docs else [])
-    cp = ctx.checkpoints.add(gx.Checkpoint(
-        name=f"{suite['name']}_cp", validation_definitions=[vd], actions=actions,
-        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [ROW_ID],
-                       "return_unexpected_index_query": False}))
-    # All timestamps are UTC by now; hand them to pandas naive so Great Expectations
-    # compares plain datetime64 values (tz-aware Series hit pandas deprecation paths).
-    naive = [pl.col(c).dt.convert_time_zone("UTC").dt.replace_time_zone(None)
-             for c, t in frame.schema.items() if isinstance(t, pl.Datetime) and t.time_zone]
-    pdf = (frame.with_columns(naive) if naive else frame).to_pandas()
-    res = cp.run(batch_parameters={"dataframe": pdf})
-    out = SuiteResult(suite=suite["name"], success=bool(res.success), evaluated=frame.height)
-    for vr in res.run_results.values():
-        for r in vr.results:
-            cfg = r.expectation_config
-            meta = cfg.meta or {}
-            code = meta.get("reason_code", cfg.type)
-            raised = _raised(r.exception_info)
-            if raised:
-                col = cfg.kwargs.get("column") or f"{cfg.kwargs.get('column_A')}/{cfg.kwargs.get('column_B')}"
-                raise InputRejected(
-                    f"suite {suite['name']}: rule {cfg.type} on {col} could not run ({raised})",
-                    hint="the column's values are of a type the rule cannot compare; check the source's types")
-            if r.success:
-                continue
-            idx = (r.result or {}).get("unexpected_index_list")
-            if idx is None:
-                out.batch_failures.append(code)
-                continue
-            out.row_failures[code] = sorted({int(d[ROW_ID]) for d in idx})
-    if docs_dir is not None:
-        index = docs_dir / "index.html"
-        out.docs_index = str(index) if index.exists() else None
-    return out
+
+class SuiteRunner:
+    """One suite, set up once (context, suite, checkpoint), run on any number of batches.
+
+    The full recompute validates a source one batch of delivery days at a time (so its
+    memory does not grow with the history); the Great Expectations context and checkpoint
+    are built once per source, not once per batch. Each :meth:`run` stores its own
+    validation result (with ``docs_dir``), so the Data Docs show one result per batch.
+    """
+
+    def __init__(self, suite: dict[str, Any], *, docs_dir: Path | None = None, batch_name: str = "batch",
+                 build_docs: bool = True) -> None:
+        gx = _quiet_gx()
+        import great_expectations.expectations as gxe  # noqa: F401  (registers expectation classes)
+        from great_expectations.core.expectation_suite import ExpectationSuite
+
+        if docs_dir is not None:
+            docs_dir.mkdir(parents=True, exist_ok=True)
+        self.suite = suite
+        self.docs_dir = docs_dir
+        ctx = _context(gx, docs_dir)
+        gx_suite = ctx.suites.add_or_update(ExpectationSuite(name=suite["name"],
+                                                             expectations=suite["expectations"],
+                                                             meta=suite.get("meta", {})))
+        asset = ctx.data_sources.add_pandas("pipeline").add_dataframe_asset(batch_name)
+        bd = asset.add_batch_definition_whole_dataframe("whole")
+        vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=f"{suite['name']}_vd", data=bd,
+                                                                    suite=gx_suite))
+        actions = ([gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=[DOCS_SITE])]
+                   if docs_dir is not None and build_docs else [])
+        self._cp = ctx.checkpoints.add(gx.Checkpoint(
+            name=f"{suite['name']}_cp", validation_definitions=[vd], actions=actions,
+            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [ROW_ID],
+                           "return_unexpected_index_query": False}))
+
+    def run(self, frame: pl.DataFrame) -> SuiteResult:
+        """Validate one batch (see :func:`run_suite`)."""
+        suite = self.suite
+        # All timestamps are UTC by now; hand them to pandas naive so Great Expectations
+        # compares plain datetime64 values (tz-aware Series hit pandas deprecation paths).
+        naive = [pl.col(c).dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+                 for c, t in frame.schema.items() if isinstance(t, pl.Datetime) and t.time_zone]
+        pdf = (frame.with_columns(naive) if naive else frame).to_pandas()
+        res = self._cp.run(batch_parameters={"dataframe": pdf})
+        del pdf
+        out = SuiteResult(suite=suite["name"], success=bool(res.success), evaluated=frame.height)
+        for vr in res.run_results.values():
+            for r in vr.results:
+                cfg = r.expectation_config
+                meta = cfg.meta or {}
+                code = meta.get("reason_code", cfg.type)
+                raised = _raised(r.exception_info)
+                if raised:
+                    col = cfg.kwargs.get("column") or f"{cfg.kwargs.get('column_A')}/{cfg.kwargs.get('column_B')}"
+                    raise InputRejected(
+                        f"suite {suite['name']}: rule {cfg.type} on {col} could not run ({raised})",
+                        hint="the column's values are of a type the rule cannot compare; check the source's types")
+                if r.success:
+                    continue
+                idx = (r.result or {}).get("unexpected_index_list")
+                if idx is None:
+                    out.batch_failures.append(code)
+                    continue
+                out.row_failures[code] = sorted({int(d[ROW_ID]) for d in idx})
+        if self.docs_dir is not None:
+            index = self.docs_dir / "index.html"
+            out.docs_index = str(index) if index.exists() else None
+        return out
 
 
 def _raised(info: Any) -> str | None:

@@ -106,6 +106,10 @@ class Outcome:
     duplicates: pl.DataFrame
     first_seen: pl.DataFrame | None
     all_rows: pl.DataFrame
+    #: Key, content hash and lineage of the valid rows that were *not* accepted (duplicates and
+    #: conflicting duplicates): with the accepted rows, every valid row of the batch. A later batch
+    #: of the same run must see them as earlier deliveries (see :func:`version_columns`).
+    unaccepted: pl.DataFrame | None = None
 
     def day_report(self, day: date) -> dict[str, Any]:
         """Accounting of one delivery day at staging time."""
@@ -130,6 +134,11 @@ class Outcome:
         }
 
 
+def version_columns(source: Source) -> list[str]:
+    """The columns :func:`apply_versions` needs from earlier deliveries: key, content hash, lineage."""
+    return [*source.key, "_row_hash", *LINEAGE_ORDER]
+
+
 def apply_versions(typed: pl.DataFrame, reasons: pl.DataFrame, prior: pl.LazyFrame | None,
                    source: Source) -> Outcome:
     """Split rows into accepted, quarantined and duplicate, honouring earlier deliveries.
@@ -147,7 +156,7 @@ def apply_versions(typed: pl.DataFrame, reasons: pl.DataFrame, prior: pl.LazyFra
     invalid = rows.filter(pl.col("reason_codes").list.len() > 0)
     valid = rows.filter(pl.col("reason_codes").list.len() == 0)
     key = list(source.key)
-    cols = [*key, "_row_hash", *LINEAGE_ORDER]
+    cols = version_columns(source)
     if prior is not None and source.name != "merchants":
         # Only earlier deliveries of this batch's ids can matter (the registry keeps its full
         # history: first_seen needs it).
@@ -195,8 +204,9 @@ def apply_versions(typed: pl.DataFrame, reasons: pl.DataFrame, prior: pl.LazyFra
     if source.name == "merchants":
         seen = pl.concat([prior_df.select("merchant_id", "_dt"), accepted.select("merchant_id", "_dt")])
         first_seen = seen.group_by("merchant_id").agg(pl.col("_dt").min().alias("first_seen"))
+    unaccepted = valid.filter(pl.col("_status") != "accepted").select(cols)
     return Outcome(accepted=accepted, quarantined=quarantined, duplicates=duplicates, first_seen=first_seen,
-                   all_rows=reasons.select("_dt"))
+                   all_rows=reasons.select("_dt"), unaccepted=unaccepted)
 
 
 def version_order(source: Source) -> list[str]:
@@ -213,9 +223,11 @@ def current_versions(staged: pl.LazyFrame, source: Source) -> pl.LazyFrame:
 def superseded_by_day(staged: pl.LazyFrame, source: Source) -> pl.DataFrame:
     """Per delivery day, how many staged rows are no longer the current version."""
     order = version_order(source)
-    ranked = (staged.select(*source.key, *order).sort(order, nulls_last=False, maintain_order=True)
-              .with_columns((pl.int_range(pl.len()).over(list(source.key)) < pl.len().over(list(source.key)) - 1)
-                            .alias("_old")))
+    key = list(source.key)
+    # A key delivered once is current: only repeated keys need the sort and the window.
+    repeated = (pl.col(key[0]) if len(key) == 1 else pl.struct(key)).is_duplicated()
+    ranked = (staged.select(*key, *order).filter(repeated).sort(order, nulls_last=False, maintain_order=True)
+              .with_columns((pl.int_range(pl.len()).over(key) < pl.len().over(key) - 1).alias("_old")))
     return ranked.group_by("_dt").agg(pl.col("_old").sum().alias("superseded")).collect(engine="in-memory")
 
 

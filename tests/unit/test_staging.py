@@ -12,10 +12,14 @@ import pytest
 from transforms.errors import FileRejected
 from transforms.schemas import SOURCES
 from transforms.staging import (
+    _csv_record_widths,
+    _csv_record_widths_fast,
+    _ts_from_string,
     check_columns,
     parse_csv,
     parse_jsonl,
     parse_parquet,
+    parse_timestamps,
     pseudonymise,
     type_frame,
 )
@@ -149,3 +153,84 @@ def test_csv_reader_accepts_text_stream_equivalents() -> None:
     # Guard against a polars change in how an all-string CSV is read back.
     df = pl.read_csv(io.BytesIO(b"a,b\n1,\n"), infer_schema=False)
     assert df.schema["a"] == pl.String
+
+
+# Tricky timestamp texts: the fast path must read exactly what the full parse reads (or leave it).
+TRICKY_TIMESTAMPS = [
+    "2026-01-01T00:00:00", "2026-01-01T00:00:00Z", "2026-01-01T00:00:00+08:00", "2026-01-01T00:00:00-23:59",
+    "2026-01-01T00:00:00+24:00", "2026-01-01T00:00:00+08:60", "2026-01-01T24:00:00", "2026-01-01T23:59:60",
+    "2026-02-29T00:00:00", "2024-02-29T00:00:00+01:00", "2026-1-01T00:00:00", "2026-01-01T0:00:00Z",
+    "+2026-01-01T00:00:00", "2026-01-01T00:00:00+0800", "2026-01-01T00:00:00+08", "2026-01-01T00:00:00.5Z",
+    "2026-01-01T00:00:00z", "0000-01-01T00:00:00", "9999-12-31T23:59:59+00:00", " 2026-01-01 10:00:00 ",
+    "２０２６-01-01T00:00:00", "2026-01-01T00:00:00-00:00", "2026-01-01T00:00:00+99:00",
+    "2026-01-01T00:00:00+00:00Z", "2026-01-01t00:00:00", "2026-01-01T00:00:0a", "2026-01-01T00:00:-1",
+    "2026-13-01T00:00:00", "12026-01-01T00:00:00", "2026-01-01T00:00", "2026-01-01", "2026-03-01 08:00:00+08:00",
+    "2026-06-30T01:02:03.1234567+01:00", "2026-01-01T00:00:00+08:00 ", "2026-01-01T00:00:00Z+08:00",
+    "2026-01-01T00:00:00+8:00", "2026-01-01T00:00:00+08:0", "", "  ", None,
+]
+
+
+def _ts_mutations(n: int) -> list[str]:
+    import random
+
+    rng = random.Random(11)
+    bases = ["2026-01-01T00:00:00", "2026-03-31T23:59:59Z", "2025-12-31 12:34:56+08:00",
+             "2026-02-28T10:00:00-05:30", "2026-06-30T01:02:03.123456Z"]
+    out = []
+    for _ in range(n):
+        v = list(rng.choice(bases))
+        for _ in range(rng.randint(1, 2)):
+            i = rng.randrange(len(v))
+            if rng.random() < 0.5:
+                v[i] = rng.choice("0123456789-+:TZ .z")
+            else:
+                v.insert(i, rng.choice("0123456789-+:TZ .z"))
+        out.append("".join(v))
+    return out
+
+
+def test_timestamp_fast_path_reads_exactly_what_the_full_parse_reads() -> None:
+    values = pl.Series("c", TRICKY_TIMESTAMPS + _ts_mutations(20_000), dtype=pl.String)
+    fast = parse_timestamps(values)
+    slow = values.to_frame().select(_ts_from_string("c")).to_series()
+    assert fast.dtype == slow.dtype == pl.Datetime("us", "UTC")
+    differ = values.filter(fast.ne_missing(slow)).to_list()
+    assert differ == []
+    assert fast[values.to_list().index("2026-01-01T00:00:00+08:00")] == datetime(2025, 12, 31, 16, tzinfo=UTC)
+
+
+def _csv_walk(text: str) -> list[int] | str:
+    try:
+        return _csv_record_widths(text, "f.csv")  # no bytes: the standard-library walk only
+    except FileRejected as exc:
+        return exc.rule
+
+
+def test_csv_width_fast_path_agrees_with_the_strict_csv_walk() -> None:
+    import random
+
+    rng = random.Random(5)
+    bases = ['a,b,c\n1,2,3\n', 'a,b,c\r\n1,"x,y",3\r\n4,5,6', 'h1,h2\n"q""uote",x\n\n"multi\nline",y\n',
+             'x,y,z\n"",,\n,"",\n', 'a\n1\n\n2\n', 'a,b\n"é,ü",中\n']
+    pieces = ['"', ',', '\n', '\r', 'a', ' ', '""', '\r\n', 'é', ',"', '",']
+    answered = 0
+    for _ in range(20_000):
+        t = list(rng.choice(bases))
+        for _ in range(rng.randint(0, 3)):
+            j = rng.randrange(len(t) + 1)
+            if rng.random() < 0.5:
+                t.insert(j, rng.choice(pieces))
+            elif t:
+                del t[min(j, len(t) - 1)]
+        text = "".join(t)
+        fast = _csv_record_widths_fast(text.encode("utf-8"))
+        if fast is not None:
+            answered += 1
+            assert fast == _csv_walk(text), repr(text)
+    assert answered > 5_000  # the fast path answers for well-formed files
+
+
+@pytest.mark.parametrize("text", ['a,b\n1\n', 'a,b\n1,2,3\n', 'a,b\n"x"y,2\n', 'a,b\n"x,2\n', 'a,b\n1,2\r3,4\n',
+                                  'a,b\n"x" ,2\n', 'a,b\nx"y,2\n'])
+def test_csv_width_fast_path_leaves_every_problem_to_the_walk(text: str) -> None:
+    assert _csv_record_widths_fast(text.encode("utf-8")) is None

@@ -7,11 +7,19 @@ from datetime import date
 import polars as pl
 
 from transforms.schemas import SOURCES
-from transforms.validation import apply_versions, current_versions, row_reasons
+from transforms.validation import (
+    apply_versions,
+    current_versions,
+    row_reasons,
+    superseded_by_day,
+    version_columns,
+    version_order,
+)
 
 REV = SOURCES["reviews"]
 COM = SOURCES["complaints"]
 D1, D2 = date(2026, 3, 1), date(2026, 3, 2)
+D3, D4 = date(2026, 3, 3), date(2026, 3, 4)
 
 
 def _reviews(rows: list[tuple[str, int, date, int]]) -> pl.DataFrame:
@@ -82,3 +90,61 @@ def test_newest_complaint_version_wins_by_updated_at_then_delivery() -> None:
     })
     cur = current_versions(df.lazy(), COM).collect().sort("complaint_id")
     assert cur["status"].to_list() == ["resolved", "open"]
+
+
+def _status(out_accepted: pl.DataFrame, out_dup: pl.DataFrame, out_quar: pl.DataFrame) -> dict[str, list[str]]:
+    key = lambda f: sorted(f"{r}@{d}/{n}" for r, d, n in zip(f["review_id"], f["_dt"], f["_row_number"],  # noqa: E731
+                                                             strict=True))
+    return {"accepted": key(out_accepted), "duplicate": key(out_dup), "quarantined": key(out_quar)}
+
+
+def test_versioning_day_batches_in_order_equals_one_pass_over_every_day() -> None:
+    """validate() of a full recompute works on batches of delivery days; the outcome must not change.
+
+    Each batch sees, as earlier deliveries, the accepted rows of earlier batches (their staged
+    partitions) and their valid rows that were not accepted (``Outcome.unaccepted``).
+    """
+    rows = _reviews([
+        ("R1", 5, D1, 1), ("R1", 1, D1, 2),            # same-day conflict: both quarantined ...
+        ("R1", 5, D3, 1),                              # ... so a later copy is a duplicate of the origin
+        ("R2", 4, D1, 3), ("R2", 4, D2, 1), ("R2", 2, D4, 1),  # accepted, duplicate, conflict
+        ("R3", 3, D2, 2), ("R3", 1, D3, 2), ("R3", 3, D4, 2),  # accepted, conflict, duplicate
+        ("R4", 5, D4, 3), ("R5", 2, D2, 3), ("R5", 2, D2, 4),  # new; same-day identical copy
+    ])
+    whole = apply_versions(rows, row_reasons(rows, {}, None), None, REV)
+    expected = _status(whole.accepted, whole.duplicates, whole.quarantined)
+    for batches in ([[D1], [D2], [D3], [D4]], [[D1, D2], [D3, D4]], [[D1], [D2, D3, D4]]):
+        accepted, dup, quar, unaccepted = [], [], [], []
+        for days in batches:
+            batch = rows.filter(pl.col("_dt").is_in(days)).with_columns(
+                pl.int_range(pl.len(), dtype=pl.Int64).alias("_row_id"))
+            earlier = [f.select(version_columns(REV)) for f in accepted + unaccepted]
+            prior = pl.concat(earlier).lazy() if earlier else None
+            out = apply_versions(batch, row_reasons(batch, {}, None), prior, REV)
+            accepted.append(out.accepted)
+            dup.append(out.duplicates)
+            quar.append(out.quarantined)
+            assert out.unaccepted is not None
+            unaccepted.append(out.unaccepted)
+        got = _status(pl.concat(accepted), pl.concat(dup), pl.concat(quar))
+        assert got == expected, batches
+    assert expected["quarantined"] == ["R1@2026-03-01/1", "R1@2026-03-01/2", "R2@2026-03-04/1", "R3@2026-03-03/2"]
+
+
+def test_superseded_counts_only_repeated_keys() -> None:
+    from datetime import UTC, datetime
+
+    staged = pl.DataFrame({
+        "complaint_id": ["C1", "C1", "C1", "C2", "C3", "C3"],
+        "updated_at": [datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 3, tzinfo=UTC),
+                       datetime(2026, 3, 2, tzinfo=UTC), None, None, datetime(2026, 3, 1, tzinfo=UTC)],
+        "_dt": [D1, D2, D2, D1, D1, D3], "_file": ["a", "a", "b", "a", "a", "a"], "_row_number": [1, 1, 1, 2, 3, 1],
+    })
+    got = dict(superseded_by_day(staged.lazy(), COM).iter_rows())
+    # The reference: rank every row of every key (what the function did before it skipped single keys).
+    order = version_order(COM)
+    ref = (staged.sort(order, nulls_last=False, maintain_order=True)
+           .with_columns((pl.int_range(pl.len()).over("complaint_id") < pl.len().over("complaint_id") - 1)
+                         .alias("_old")).group_by("_dt").agg(pl.col("_old").sum()))
+    want = {d: n for d, n in ref.iter_rows() if n}
+    assert {d: n for d, n in got.items() if n} == want == {D1: 2, D2: 1}

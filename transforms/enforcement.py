@@ -128,7 +128,10 @@ def evidence_signals(complaints: pl.LazyFrame, returns: pl.LazyFrame, sales: pl.
 
     Parameters
     ----------
-    complaints, returns, sales
+    complaints
+        Current (as-of) staged complaints after :func:`transforms.manipulation.discount_complaints`
+        (its ``is_surge`` flag keeps surge complaints out of the hard rules), as scoring uses them.
+    returns, sales
         Current (as-of) staged rows, as read for scoring.
     windows
         ``merchant_id`` and ``window_start`` of each merchant (from the score rows).
@@ -154,9 +157,7 @@ def evidence_signals(complaints: pl.LazyFrame, returns: pl.LazyFrame, sales: pl.
 
     if "order_id" not in complaints.collect_schema().names():  # optional in the contract
         complaints = complaints.with_columns(pl.lit(None, pl.String).alias("order_id"))
-    from transforms.manipulation import discount_complaints
-
-    c = in_window(discount_complaints(complaints, policy, tz), pl.col("opened_at").dt.convert_time_zone(tz).dt.date())
+    c = in_window(complaints, pl.col("opened_at").dt.convert_time_zone(tz).dt.date())
     recent = pl.col("_d") >= recent_start
     c_agg = c.group_by("merchant_id").agg(
         recent.sum().cast(pl.Int64).alias("complaint_recent_count"),

@@ -15,7 +15,7 @@ import polars as pl
 from transforms.errors import NotFound
 from transforms.lake import Lake
 from transforms.policy import RATE_DIMENSIONS, Policy, load_policy
-from transforms.scoring import REASON_CODES
+from transforms.scoring import REASON_CODES, SUBSCORE_FLOOR
 from transforms.settings import Settings
 
 LABELS = {
@@ -82,11 +82,11 @@ def explain_row(row: dict[str, Any], policy: Policy, day: date,
         "reasons": [{"code": c, "detail": t, "points_lost": p} for c, t, p in
                     zip(row["reason_codes"], row["reason_details"], row["reason_points"], strict=True)],
         "counterfactual": counterfactual(row, policy, day),
-        "enforcement": enforcement_path(row, state, policy, day),
+        "enforcement": enforcement_path(row, state, policy),
     }
 
 
-def enforcement_path(row: dict[str, Any], state: dict[str, Any] | None, policy: Policy, day: date) -> dict[str, Any]:
+def enforcement_path(row: dict[str, Any], state: dict[str, Any] | None, policy: Policy) -> dict[str, Any]:
     """What it takes to leave the enforced tier (which may differ from the score's band).
 
     Stepping down the ladder needs the *optimistic* score ``score_upper`` above the better
@@ -108,12 +108,13 @@ def enforcement_path(row: dict[str, Any], state: dict[str, Any] | None, policy: 
     bar = target.min_score + e.hysteresis_points
     since = state.get("since") if state else None
     streak = int(state.get("improve_streak") or 0) if state else 0
-    earliest = since + timedelta(days=e.min_days_in_tier) if isinstance(since, date) else None
+    earliest = None
     upper = row.get("score_upper")
     needs = [f"the optimistic score (now {upper:.1f}) at or above {bar:g} ({target.name}'s {target.min_score:g} "
              f"+ {e.hysteresis_points:g} margin) on {e.improvement_days} consecutive daily runs (so far {streak})"
              if upper is not None else f"the optimistic score at or above {bar:g}"]
-    if earliest is not None and isinstance(since, date):
+    if isinstance(since, date):
+        earliest = since + timedelta(days=e.min_days_in_tier)
         needs.append(f"not before {earliest.isoformat()} ({e.min_days_in_tier} days in {enforced}, since "
                      f"{since.isoformat()})")
     if out["hard_rules"]:
@@ -150,8 +151,7 @@ def counterfactual(row: dict[str, Any], policy: Policy, day: date) -> dict[str, 
         sub = float(row[f"{d}_score"])
         # The composite is a weighted geometric mean: raising one sub-score s to s' multiplies the
         # score by (s' / s) ** weight, so reaching the target alone needs s' = s * (target / score) ** (1 / weight).
-        floor = 1.0
-        need = (max(sub, floor) * (target.min_score / max(score, floor)) ** (1.0 / weights[d])
+        need = (max(sub, SUBSCORE_FLOOR) * (target.min_score / max(score, SUBSCORE_FLOOR)) ** (1.0 / weights[d])
                 if weights[d] > 0 else float("inf"))
         if need > 100:
             continue

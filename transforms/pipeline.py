@@ -595,14 +595,15 @@ def score_shard(ctx: RunContext, shard: int, settings: Settings | None = None) -
         return frame.join(members, on="merchant_id", how="semi")
 
     reviews = discount_reviews(mine(inputs["reviews"]), policy, tz)
-    complaints = discount_complaints(mine(inputs["complaints"]), policy, tz)
+    # Scoring and the enforcement signals both read the discounted complaints: compute them once.
+    complaints = discount_complaints(mine(inputs["complaints"]), policy, tz).collect(engine="in-memory").lazy()
     _, end = business_day_bounds(ctx.day, st.tz)
     ev = compute_evidence(ScoringInputs(mine(registry), mine(inputs["sales"]), reviews, complaints,
                                         mine(inputs["returns"])), ctx.day, end, policy, tz)
     rel = f"{ctx.work}/evidence/shard={shard:03d}.parquet"
     frame = ev.collect(engine="in-memory").sort("merchant_id")
     # Signals of the enforcement guards and hard rules (recent complaints, distinct buyers affected).
-    frame = frame.join(evidence_signals(mine(inputs["complaints"]), mine(inputs["returns"]), mine(inputs["sales"]),
+    frame = frame.join(evidence_signals(complaints, mine(inputs["returns"]), mine(inputs["sales"]),
                                         frame, ctx.day, policy, tz), on="merchant_id", how="left",
                        maintain_order="left")
     lake.write_parquet(frame.to_arrow(), rel)

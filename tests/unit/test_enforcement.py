@@ -30,6 +30,7 @@ from transforms.enforcement import (
 )
 from transforms.errors import PolicyError
 from transforms.lake import table_from_polars
+from transforms.manipulation import discount_complaints
 from transforms.policy import DIMENSIONS, RATE_DIMENSIONS, default_policy_path, load_policy
 from transforms.schemas import ACTIONS_SCHEMA, ENFORCEMENT_STATE_SCHEMA, SCORES_SCHEMA
 
@@ -273,8 +274,8 @@ def _scored(ids: list[str], orders: int = 50, rev: pl.LazyFrame | None = None, c
     reg = registry(*[{"merchant_id": m} for m in ids])
     sal = sales(dict.fromkeys(ids, orders))
     rows = run_scores(reg, sal, rev, com, ret)
-    sig = evidence_signals(com if com is not None else complaints([]), ret if ret is not None else _returns([]),
-                           sal, rows, DAY, POLICY, TZ)
+    com = discount_complaints(com if com is not None else complaints([]), POLICY, TZ)
+    sig = evidence_signals(com, ret if ret is not None else _returns([]), sal, rows, DAY, POLICY, TZ)
     return rows.join(sig, on="merchant_id", how="left")
 
 

@@ -2,9 +2,9 @@
 
 Targets and measured values are reported in docs/scoring.md ("Accuracy on generated
 marketplaces", "Predictive validity"). The Spearman floor here is a regression guard set
-below the measured value; the issue's 0.85 target is not reachable with this much evidence
-(the score's formula on the true rates reaches ~0.92, but simulated counts show that
-ρ ≥ 0.85 needs about ten times the evidence a merchant leaves in the window; see the docs).
+below the measured value. The issue's 0.85 target is not reachable with this much evidence
+by any estimator: the Bayes posterior mean under the generator's own prior reaches
+0.82-0.84 (test_bayes_oracle_bounds_what_the_evidence_allows; see the docs).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from transforms.evaluation import evaluate, predictive_validity
+from transforms.evaluation import evaluate, oracle_bayes, oracle_prior, predictive_validity
 from transforms.generate import generate_marketplace
 from transforms.pipeline import run_date
 from transforms.settings import Settings
@@ -60,6 +60,17 @@ def test_scores_rank_merchants_by_true_conduct(scored: tuple[pl.DataFrame, Path]
     report = evaluate(*scored)
     assert report["merchants_ranked"] >= 800
     assert report["spearman"] >= 0.70
+
+
+def test_bayes_oracle_bounds_what_the_evidence_allows(market: tuple[Path, pl.DataFrame]) -> None:
+    """The Bayes posterior mean under the generator's own prior (docs/scoring.md, "What an
+    oracle reaches"): measured 0.825 on seed 11, with the published score 0.725 on the same
+    merchants. The floor is a regression guard below the measured value."""
+    root, scores = market
+    report = oracle_bayes(root, scores, prior=oracle_prior(200_000))
+    assert report["merchants_ranked"] >= 800
+    assert report["spearman"] >= 0.80, report
+    assert report["spearman"] > report["spearman_score"] + 0.05, report
 
 
 def test_bad_archetypes_get_the_matching_reason(scored: tuple[pl.DataFrame, Path]) -> None:

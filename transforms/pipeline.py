@@ -478,21 +478,36 @@ def evaluate_gate(lake: Lake, ctx: RunContext, policy: Policy, files: dict[str, 
 
 
 # ------------------------------------------------------------------------------- score
-def load_inputs(lake: Lake, ctx: RunContext, policy: Policy, tz: str) -> dict[str, pl.LazyFrame]:
+def load_inputs(lake: Lake, ctx: RunContext, policy: Policy, tz: str,
+                members: pl.Series | None = None) -> dict[str, pl.LazyFrame]:
     """Current (as-of the score date) inputs for every source, limited to the window.
 
     Reviews come as daily aggregates (:mod:`transforms.aggregates`), built only for
     delivery days that have none yet under the current aggregate key.
+
+    Parameters
+    ----------
+    lake, ctx, policy, tz
+        The run's lake, context, policy and business time zone.
+    members : pl.Series, optional
+        One shard's merchant ids; ``None`` loads every merchant. A shard is narrowed
+        *before* versioning, so it never holds other shards' rows (that is what bounds a
+        shard's memory): by merchant where the key contains ``merchant_id`` (registry,
+        sales), else to the keys with any version at one of the shard's merchants, whose
+        newest version is then kept only if it is still at one of them (a later version
+        may move a complaint to another merchant).
     """
     from transforms.validation import current_versions
 
     day = ctx.day
     ws = day - timedelta(days=policy.window.extended_days - 1)
+    mine = None if members is None else pl.col("merchant_id").is_in(members.implode())
     out: dict[str, pl.LazyFrame] = {}
     for source in STAGE_ORDER:
         spec = SOURCES[source]
         if source == "reviews":
-            out[source] = review_aggregates(lake, ctx, policy, tz, ws)
+            aggs = review_aggregates(lake, ctx, policy, tz, ws)
+            out[source] = aggs if mine is None else aggs.filter(mine)
             continue
         lo = None if source == "merchants" else ws
         scan = lake.scan_partitions(_resolved_staged_dirs(lake, ctx, source, lo, day))
@@ -500,7 +515,19 @@ def load_inputs(lake: Lake, ctx: RunContext, policy: Policy, tz: str) -> dict[st
             from transforms.staging import empty_typed
 
             scan = empty_typed(spec).with_columns(pl.lit(0, pl.UInt64).alias("_row_hash")).lazy()
-        out[source] = current_versions(scan, spec) if spec.versioning == "versioned" else scan
+        if mine is not None and "merchant_id" in spec.key:
+            scan = scan.filter(mine)
+        elif mine is not None:
+            # Only the key and merchant columns of the other shards' rows are read here.
+            keys = scan.filter(mine).select(*spec.key).unique().collect(engine="in-memory")
+            key = pl.col(spec.key[0]) if len(spec.key) == 1 else pl.struct(*spec.key)
+            wanted = keys.to_series() if len(spec.key) == 1 else keys.to_struct()
+            scan = scan.filter(key.is_in(wanted.implode()))
+        if spec.versioning == "versioned":
+            scan = current_versions(scan, spec)
+            if mine is not None and "merchant_id" not in spec.key:
+                scan = scan.filter(mine)
+        out[source] = scan
     return out
 
 
@@ -585,27 +612,26 @@ def score_shard(ctx: RunContext, shard: int, settings: Settings | None = None) -
     lake = Lake(ctx.root)
     policy = _policy(ctx)
     tz = st.business_timezone
-    inputs = load_inputs(lake, ctx, policy, tz)
+    # Every shard (also a single one) keeps only registered merchants, as scoring always has.
+    registry_ids = lake.scan_partitions(_resolved_staged_dirs(lake, ctx, "merchants", None, ctx.day))
+    ids = (registry_ids.select("merchant_id").unique().collect(engine="in-memory") if registry_ids is not None
+           else pl.DataFrame(schema={"merchant_id": pl.String}))
+    members = shard_members(ids, shard, ctx.notes["shards"]).get_column("merchant_id")
+    inputs = load_inputs(lake, ctx, policy, tz, members)
     registry = inputs["merchants"].select(
         "merchant_id", "name", "category", "registered_on", "license_expires_on", "status")
-    members = shard_members(registry.select("merchant_id").collect(engine="in-memory"), shard,
-                            ctx.notes["shards"]).lazy()
-
-    def mine(frame: pl.LazyFrame) -> pl.LazyFrame:
-        return frame.join(members, on="merchant_id", how="semi")
-
-    reviews = discount_reviews(mine(inputs["reviews"]), policy, tz)
+    # Read once: scoring and the enforcement signals both use them (each collect would re-read the lake).
+    sales, returns = (inputs[s].collect(engine="in-memory").lazy() for s in ("sales", "returns"))
+    reviews = discount_reviews(inputs["reviews"], policy, tz)
     # Scoring and the enforcement signals both read the discounted complaints: compute them once.
-    complaints = discount_complaints(mine(inputs["complaints"]), policy, tz).collect(engine="in-memory").lazy()
+    complaints = discount_complaints(inputs["complaints"], policy, tz).collect(engine="in-memory").lazy()
     _, end = business_day_bounds(ctx.day, st.tz)
-    ev = compute_evidence(ScoringInputs(mine(registry), mine(inputs["sales"]), reviews, complaints,
-                                        mine(inputs["returns"])), ctx.day, end, policy, tz)
+    ev = compute_evidence(ScoringInputs(registry, sales, reviews, complaints, returns), ctx.day, end, policy, tz)
     rel = f"{ctx.work}/evidence/shard={shard:03d}.parquet"
     frame = ev.collect(engine="in-memory").sort("merchant_id")
     # Signals of the enforcement guards and hard rules (recent complaints, distinct buyers affected).
-    frame = frame.join(evidence_signals(complaints, mine(inputs["returns"]), mine(inputs["sales"]),
-                                        frame, ctx.day, policy, tz), on="merchant_id", how="left",
-                       maintain_order="left")
+    frame = frame.join(evidence_signals(complaints, returns, sales, frame, ctx.day, policy, tz),
+                       on="merchant_id", how="left", maintain_order="left")
     lake.write_parquet(frame.to_arrow(), rel)
     # Shards may run in other processes (Airflow workers): their timings travel beside the evidence.
     lake.write_json({"seconds": round(time.perf_counter() - t0, 3), "merchants": frame.height},

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date
 
 import polars as pl
+import pytest
 
 from transforms.schemas import SOURCES
 from transforms.validation import (
@@ -148,3 +149,34 @@ def test_superseded_counts_only_repeated_keys() -> None:
                          .alias("_old")).group_by("_dt").agg(pl.col("_old").sum()))
     want = {d: n for d, n in ref.iter_rows() if n}
     assert {d: n for d, n in got.items() if n} == want == {D1: 2, D2: 1}
+
+
+def test_superseded_counts_are_the_same_in_hash_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Splitting the keys into passes (bounded memory) must not change a day's count."""
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    from transforms import validation
+
+    rng = random.Random(5)
+    sales, complaints = [], []
+    for i in range(400):
+        day = D1 + timedelta(days=rng.randrange(4))
+        upd = None if rng.random() < 0.2 else datetime(2026, 3, 1, tzinfo=UTC) + timedelta(hours=rng.randrange(6))
+        lineage = {"_dt": day, "_file": rng.choice("ab"), "_row_number": i}
+        sales.append({"merchant_id": f"M{rng.randrange(15)}", "date": D1 - timedelta(days=rng.randrange(3)),
+                      "updated_at": upd} | lineage)
+        complaints.append({"complaint_id": f"C{rng.randrange(120)}", "updated_at": upd} | lineage)
+    for spec, rows in ((SOURCES["sales"], sales), (COM, complaints)):
+        staged = pl.DataFrame(rows).select(*spec.key, *version_order(spec)).lazy()
+        one_pass = superseded_by_day(staged, spec)
+        monkeypatch.setattr(validation, "SUPERSEDED_PASS_ROWS", 37)  # 11 passes
+        assert superseded_by_day(staged, spec).equals(one_pass)
+        monkeypatch.undo()
+        order = version_order(spec)
+        key = list(spec.key)
+        ref = (staged.collect().sort(order, nulls_last=False, maintain_order=True)
+               .with_columns((pl.int_range(pl.len()).over(key) < pl.len().over(key) - 1).alias("_old"))
+               .group_by("_dt").agg(pl.col("_old").sum()))
+        assert dict(one_pass.iter_rows()) == {d: n for d, n in ref.iter_rows() if n}
+        assert one_pass["superseded"].sum() > 50

@@ -497,7 +497,7 @@ def load_inputs(lake: Lake, ctx: RunContext, policy: Policy, tz: str,
         newest version is then kept only if it is still at one of them (a later version
         may move a complaint to another merchant).
     """
-    from transforms.validation import current_versions
+    from transforms.validation import current_versions, keys_in
 
     day = ctx.day
     ws = day - timedelta(days=policy.window.extended_days - 1)
@@ -519,10 +519,8 @@ def load_inputs(lake: Lake, ctx: RunContext, policy: Policy, tz: str,
             scan = scan.filter(mine)
         elif mine is not None:
             # Only the key and merchant columns of the other shards' rows are read here.
-            keys = scan.filter(mine).select(*spec.key).unique().collect(engine="in-memory")
-            key = pl.col(spec.key[0]) if len(spec.key) == 1 else pl.struct(*spec.key)
-            wanted = keys.to_series() if len(spec.key) == 1 else keys.to_struct()
-            scan = scan.filter(key.is_in(wanted.implode()))
+            key = list(spec.key)
+            scan = scan.filter(keys_in(key, scan.filter(mine).select(key).unique().collect(engine="in-memory")))
         if spec.versioning == "versioned":
             scan = current_versions(scan, spec)
             if mine is not None and "merchant_id" not in spec.key:

@@ -160,19 +160,14 @@ def apply_versions(typed: pl.DataFrame, reasons: pl.DataFrame, prior: pl.LazyFra
     if prior is not None and source.name != "merchants":
         # Only earlier deliveries of this batch's ids can matter (the registry keeps its full
         # history: first_seen needs it).
-        # A filter, not a semi-join: it is pushed into the Parquet scan, so the other ids' rows of
-        # a long history are never held (a join would read the whole prior first).
-        ids = valid.select(key).unique()
-        wanted = ids.to_series() if len(key) == 1 else ids.to_struct()
-        prior = prior.select(cols).filter(
-            (pl.col(key[0]) if len(key) == 1 else pl.struct(key)).is_in(wanted.implode()))
+        prior = prior.select(cols).filter(keys_in(key, valid.select(key).unique()))
     prior_df = (prior.select(cols).collect(engine="in-memory") if prior is not None
                 else pl.DataFrame(schema={c: valid.schema[c] for c in cols}))
     combined = pl.concat([prior_df.with_columns(pl.lit(-1, pl.Int64).alias(ROW_ID)),
                           valid.select(*cols, ROW_ID)], how="vertical")
     # Ids seen once (nearly all) are accepted as they are; the ordered window logic runs on the rest.
     group = key if source.versioning == "immutable" else [*key, "_row_hash"]
-    repeated = (pl.col(group[0]) if len(group) == 1 else pl.struct(group)).is_duplicated()
+    repeated = key_expr(group).is_duplicated()
     single = combined.filter(~repeated & (pl.col(ROW_ID) >= 0)).select(
         ROW_ID, pl.lit("accepted").alias("_status"))
     combined = combined.filter(repeated).sort(LINEAGE_ORDER)
@@ -219,6 +214,21 @@ def version_order(source: Source) -> list[str]:
     return ([source.version_column] if source.version_column else []) + LINEAGE_ORDER
 
 
+def key_expr(key: list[str]) -> pl.Expr:
+    """One expression for a key of one or more columns."""
+    return pl.col(key[0]) if len(key) == 1 else pl.struct(key)
+
+
+def keys_in(key: list[str], ids: pl.DataFrame) -> pl.Expr:
+    """True where ``key`` is one of ``ids``' rows.
+
+    A filter rather than a semi-join: Polars pushes it into a Parquet scan, so rows of
+    other keys are dropped as they are read (a join reads every row first).
+    """
+    wanted = ids.select(key).to_series() if len(key) == 1 else ids.select(key).to_struct()
+    return key_expr(key).is_in(wanted.implode())
+
+
 def current_versions(staged: pl.LazyFrame, source: Source) -> pl.LazyFrame:
     """Keep the newest version of each key (``updated_at``, then delivery order)."""
     return (staged.sort(version_order(source), nulls_last=False, maintain_order=True)
@@ -248,8 +258,7 @@ def superseded_by_day(staged: pl.LazyFrame, source: Source) -> pl.DataFrame:
     for i in range(passes):
         part = narrow
         if passes > 1:
-            k = pl.col(key[0]) if len(key) == 1 else pl.struct(key)
-            part = narrow.filter(k.hash(seed=0) % passes == i)
+            part = narrow.filter(key_expr(key).hash(seed=0) % passes == i)
         per_day = part.group_by("_dt").len("rows")
         current = (part.group_by(key).agg(pl.col("_dt").sort_by(order, nulls_last=False).last())
                    .group_by("_dt").len("current"))
@@ -323,9 +332,7 @@ def superseded_as_of(lake: Lake, ctx: RunContext, source: str, dirs: list[str],
     if new_scan is None:
         return counts
     key = list(spec.key)
-    ids = new_scan.select(key).unique().collect(engine="in-memory")
-    wanted = ids.to_series() if len(key) == 1 else ids.to_struct()
-    touched = scan.filter((pl.col(key[0]) if len(key) == 1 else pl.struct(key)).is_in(wanted.implode()))
+    touched = scan.filter(keys_in(key, new_scan.select(key).unique().collect(engine="in-memory")))
     out = dict(counts)
     for frame, sign in ((superseded_by_day(touched, spec), 1),
                         (superseded_by_day(touched.filter(pl.col("_dt") <= p_day), spec), -1)):

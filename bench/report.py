@@ -64,7 +64,8 @@ def render(resdir: Path, out: Path, *, sizes: list[str]) -> None:
     w("```")
     w("")
     w("Profiles (section *Where the time goes*) come from runs with `--profile M 310`, which adds unmeasured "
-      "pyinstrument runs; each names the code snapshot it profiled.")
+      "pyinstrument runs, except the L profile, a separate pyinstrument run of one full recompute described "
+      "where it is shown; each names the code it profiled.")
     w("")
     w("Every measurement runs in its own process; *wall* is that process's elapsed time (interpreter start and "
       "imports included, e.g. ~3.5 s of Great Expectations import in every pipeline run), *CPU* its user+system "

@@ -68,13 +68,18 @@ _OUTCOME_COUNTS = ["orders", "late_or_cancelled", "quality_returns", "nad_return
                    "nad_complaints", "unresolved_complaints"]
 
 
-def _staged(root: Path, source: str, after: date) -> pl.LazyFrame | None:
-    """Staged rows of ``source`` delivered after ``after`` (current versions of versioned sources)."""
+def _staged(root: Path, source: str, *, after: date | None = None, through: date | None = None
+            ) -> pl.LazyFrame | None:
+    """Staged rows of ``source`` delivered after ``after`` and up to ``through`` (either bound
+    optional; current versions of versioned sources), or ``None`` if there are none."""
     from transforms.schemas import SOURCES
     from transforms.validation import current_versions
 
+    def wanted(d: date) -> bool:
+        return (after is None or d > after) and (through is None or d <= through)
+
     dirs = sorted(p for p in (root / "staged" / source).glob("dt=*")
-                  if date.fromisoformat(p.name[3:]) > after and any(p.glob("*.parquet")))
+                  if wanted(date.fromisoformat(p.name[3:])) and any(p.glob("*.parquet")))
     if not dirs:
         return None
     scan = pl.scan_parquet([str(d / "*.parquet") for d in dirs])
@@ -107,19 +112,19 @@ def later_outcomes(root: Path | str, after: date, horizon_days: int, *, tz: str 
         return (day > after) & (day <= end)
 
     frames: list[pl.LazyFrame] = []
-    sales = _staged(root, "sales", after)
+    sales = _staged(root, "sales", after=after)
     if sales is None:
         raise ValueError(f"no staged sales after {after} under {root}: run a later date first")
     frames.append(sales.filter(in_period(pl.col("date"))).group_by("merchant_id").agg(
         pl.col("orders").sum().alias("orders"),
         (pl.col("late_shipments") + pl.col("cancellations")).sum().alias("late_or_cancelled")))
-    returns = _staged(root, "returns", after)
+    returns = _staged(root, "returns", after=after)
     if returns is not None:
         frames.append(returns.filter(in_period(pl.col("requested_at").dt.convert_time_zone(tz).dt.date()))
                       .group_by("merchant_id").agg(
                           pl.col("reason").is_in(["quality_defect", "damaged"]).sum().alias("quality_returns"),
                           (pl.col("reason") == "not_as_described").sum().alias("nad_returns")))
-    complaints = _staged(root, "complaints", after)
+    complaints = _staged(root, "complaints", after=after)
     if complaints is not None:
         last = complaints.select(pl.col("updated_at").max()).collect().item()
         deadline_us = int(resolution_deadline_days * 24 * 3_600_000_000)
@@ -275,14 +280,9 @@ def oracle_evidence(root: Path | str, scores: pl.DataFrame, *, tz: str = "UTC") 
     win = scores.select("merchant_id", "window_start")
 
     def staged(source: str) -> pl.DataFrame:
-        from transforms.schemas import SOURCES
-        from transforms.validation import current_versions
-
-        dirs = sorted(p for p in (root / "staged" / source).glob("dt=*")
-                      if date.fromisoformat(p.name[3:]) <= day and any(p.glob("*.parquet")))
-        scan = pl.scan_parquet([str(d / "*.parquet") for d in dirs])
-        spec = SOURCES[source]
-        scan = current_versions(scan, spec) if spec.versioning == "versioned" else scan
+        scan = _staged(root, source, through=day)
+        if scan is None:
+            raise ValueError(f"no staged {source} up to {day} under {root}: score that date first")
         return scan.join(win.lazy(), on="merchant_id", how="inner").collect()
 
     def in_window(ts: str) -> pl.Expr:

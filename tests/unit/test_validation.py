@@ -7,7 +7,7 @@ from datetime import date
 import polars as pl
 import pytest
 
-from transforms.schemas import SOURCES
+from transforms.schemas import SOURCES, Source
 from transforms.validation import (
     apply_versions,
     current_versions,
@@ -132,6 +132,15 @@ def test_versioning_day_batches_in_order_equals_one_pass_over_every_day() -> Non
     assert expected["quarantined"] == ["R1@2026-03-01/1", "R1@2026-03-01/2", "R2@2026-03-04/1", "R3@2026-03-03/2"]
 
 
+def _ranked_superseded(staged: pl.DataFrame, spec: Source) -> dict[date, int]:
+    """The reference count: rank every version of every key, oldest first, and count all but the newest."""
+    key = list(spec.key)
+    ref = (staged.sort(version_order(spec), nulls_last=False, maintain_order=True)
+           .with_columns((pl.int_range(pl.len()).over(key) < pl.len().over(key) - 1).alias("_old"))
+           .group_by("_dt").agg(pl.col("_old").sum()))
+    return {d: n for d, n in ref.iter_rows() if n}
+
+
 def test_superseded_counts_only_repeated_keys() -> None:
     from datetime import UTC, datetime
 
@@ -142,13 +151,7 @@ def test_superseded_counts_only_repeated_keys() -> None:
         "_dt": [D1, D2, D2, D1, D1, D3], "_file": ["a", "a", "b", "a", "a", "a"], "_row_number": [1, 1, 1, 2, 3, 1],
     })
     got = dict(superseded_by_day(staged.lazy(), COM).iter_rows())
-    # The reference: rank every row of every key (what the function did before it skipped single keys).
-    order = version_order(COM)
-    ref = (staged.sort(order, nulls_last=False, maintain_order=True)
-           .with_columns((pl.int_range(pl.len()).over("complaint_id") < pl.len().over("complaint_id") - 1)
-                         .alias("_old")).group_by("_dt").agg(pl.col("_old").sum()))
-    want = {d: n for d, n in ref.iter_rows() if n}
-    assert {d: n for d, n in got.items() if n} == want == {D1: 2, D2: 1}
+    assert {d: n for d, n in got.items() if n} == _ranked_superseded(staged, COM) == {D1: 2, D2: 1}
 
 
 def test_superseded_counts_are_the_same_in_hash_passes(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -173,10 +176,5 @@ def test_superseded_counts_are_the_same_in_hash_passes(monkeypatch: pytest.Monke
         monkeypatch.setattr(validation, "SUPERSEDED_PASS_ROWS", 37)  # 11 passes
         assert superseded_by_day(staged, spec).equals(one_pass)
         monkeypatch.undo()
-        order = version_order(spec)
-        key = list(spec.key)
-        ref = (staged.collect().sort(order, nulls_last=False, maintain_order=True)
-               .with_columns((pl.int_range(pl.len()).over(key) < pl.len().over(key) - 1).alias("_old"))
-               .group_by("_dt").agg(pl.col("_old").sum()))
-        assert dict(one_pass.iter_rows()) == {d: n for d, n in ref.iter_rows() if n}
+        assert dict(one_pass.iter_rows()) == _ranked_superseded(staged.collect(), spec)
         assert one_pass["superseded"].sum() > 50

@@ -28,6 +28,11 @@ class ReputationError(Exception):
         self.hint = hint
         super().__init__(message if hint is None else f"{message}\n  what to do: {hint}")
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Subclasses take other constructor arguments than ``args`` holds; rebuild from the
+        # attributes instead, so an error raised in a worker process reaches the parent whole.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
 
 class ConfigError(ReputationError):
     """Settings, policy or command-line usage is wrong."""
@@ -76,3 +81,11 @@ class NotFound(ReputationError):
     """The requested date, merchant or run has no output."""
 
     exit_code = 2
+
+
+def _rebuild(cls: type[ReputationError], args: tuple[object, ...], state: dict[str, object]) -> ReputationError:
+    """Unpickle a :class:`ReputationError` without calling its constructor."""
+    exc = cls.__new__(cls)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc

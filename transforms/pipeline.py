@@ -24,6 +24,7 @@ import polars as pl
 from transforms import __version__
 from transforms.errors import FileRejected, GateFailed, InputRejected, ReputationError
 from transforms.lake import Lake, table_from_polars
+from transforms.parallel import MIN_PARALLEL_BYTES, MIN_PARALLEL_ROWS, map_largest_first, pool_size, worker_pool
 from transforms.policy import Policy, load_policy
 from transforms.schemas import (
     QUARANTINE_SCHEMA,
@@ -158,16 +159,15 @@ def ingest(score_date: date, settings: Settings | None = None, *, root: str | No
     fingerprint = hashlib.sha256()
     fingerprint.update(f"{score_date}|{policy.digest}|{__version__}|{SCHEMA_VERSION}|{st.business_timezone}".encode())
     files_report: dict[str, Any] = {}
+    plans: dict[str, list[tuple[date, list[Any]]]] = {}
     for source in STAGE_ORDER:
-        spec = SOURCES[source]
         landed = [d for d in lake.landing_days(source) if d <= score_date]
         staged = set(_staged_days(lake, source))
         todo = sorted({d for d in landed if d not in staged} | ({score_date} if score_date in landed else set()))
         ctx.days_to_stage[source] = [d.isoformat() for d in todo]
         report: dict[str, Any] = {"files": [], "file_failures": [], "bad_paths": [], "extra_columns": {}}
         report["bad_paths"] += [b.__dict__ for b in lake.stray_landing_paths(source)]
-        for b in report["bad_paths"]:
-            log.warning("%s: [%s] %s; skipped", b["rel"], b["rule"], b["message"])
+        plans[source] = []
         for d in landed:
             good, bad = lake.list_landing(source, d)
             for f in good:
@@ -175,34 +175,59 @@ def ingest(score_date: date, settings: Settings | None = None, *, root: str | No
             if d not in todo:
                 continue
             report["bad_paths"] += [b.__dict__ for b in bad]
-            for b in bad:
-                log.warning("%s: [%s] %s; skipped", b.rel, b.rule, b.message)
-            # One delivery day at a time: memory is bounded by a day's files, not the history.
-            frames: list[pl.DataFrame] = []
-            for f in good:
-                try:
-                    typed, info = _read_one(lake, f, spec, st, key)
-                except FileRejected as exc:
-                    # exc.message reads "<file>: [<rule>] <what>"; keep <what> (the gate adds the rest once).
-                    what = exc.message.removeprefix(f"{exc.path}: [{exc.rule}] ")
-                    report["file_failures"].append({"file": exc.path, "rule": exc.rule, "message": what,
-                                                    "hint": exc.hint})
-                    log.warning("%s: [%s] %s", exc.path, exc.rule, what)
-                    continue
-                report["files"].append(info)
-                if info["extra_columns"]:
-                    report["extra_columns"][f.rel] = info["extra_columns"]
-                frames.append(typed)
-            day_typed = pl.concat(frames, how="vertical") if frames else _empty_typed(source)
-            del frames
-            lake.write_parquet(day_typed.to_arrow(), _typed_file(ctx, source, d))
-            del day_typed
+            plans[source].append((d, good))
+        for b in report["bad_paths"]:
+            log.warning("%s: [%s] %s; skipped", b["rel"], b["rule"], b["message"])
         files_report[source] = report
+    # Sources are staged independently (each writes only its own typed files), in worker
+    # processes when there is enough to do; the reports come back in the fixed order.
+    work = {s: sum(f.size_bytes for _, fs in plans[s] for f in fs) for s in STAGE_ORDER}
+    with worker_pool(pool_size(st.workers, work.values(), min_work=MIN_PARALLEL_BYTES), st.log_format) as pool:
+        staged_reports = map_largest_first(pool, _stage_source, {
+            s: (work[s], (ctx.to_json(), s, plans[s], st, key)) for s in STAGE_ORDER})
+    for source in STAGE_ORDER:
+        files_report[source].update(staged_reports[source])
     ctx.run_id = "r" + fingerprint.hexdigest()[:16]
     lake.write_json(files_report, f"{ctx.work}/files.json")
     _timed(ctx, "ingest", t0)
     _save_ctx(lake, ctx)
     return ctx
+
+
+def _stage_source(ctx_json: dict[str, Any], source: str, days: list[tuple[date, list[Any]]],
+                  st: Settings, key: bytes) -> dict[str, Any]:
+    """Type one source's landing files, one delivery day at a time, into the attempt's typed files.
+
+    Runs in the parent or in a worker process (:mod:`transforms.parallel`); it writes only
+    ``typed/<source>/`` and returns the source's file report (files read, files rejected,
+    extra columns).
+    """
+    ctx = RunContext.from_json(ctx_json)
+    lake = Lake(ctx.root)
+    spec = SOURCES[source]
+    report: dict[str, Any] = {"files": [], "file_failures": [], "extra_columns": {}}
+    for d, good in days:
+        # One delivery day at a time: memory is bounded by a day's files, not the history.
+        frames: list[pl.DataFrame] = []
+        for f in good:
+            try:
+                typed, info = _read_one(lake, f, spec, st, key)
+            except FileRejected as exc:
+                # exc.message reads "<file>: [<rule>] <what>"; keep <what> (the gate adds the rest once).
+                what = exc.message.removeprefix(f"{exc.path}: [{exc.rule}] ")
+                report["file_failures"].append({"file": exc.path, "rule": exc.rule, "message": what,
+                                                "hint": exc.hint})
+                log.warning("%s: [%s] %s", exc.path, exc.rule, what)
+                continue
+            report["files"].append(info)
+            if info["extra_columns"]:
+                report["extra_columns"][f.rel] = info["extra_columns"]
+            frames.append(typed)
+        day_typed = pl.concat(frames, how="vertical") if frames else _empty_typed(source)
+        del frames
+        lake.write_parquet(day_typed.to_arrow(), _typed_file(ctx, source, d))
+        del day_typed
+    return report
 
 
 def _typed_file(ctx: RunContext, source: str, d: date) -> str:
@@ -264,91 +289,27 @@ def validate(ctx: RunContext, settings: Settings | None = None) -> RunContext:
         When a file-level failure or a batch rule of the fail-closed gate trips
         (unless the policy's ``gate.override`` is set); nothing is published.
     """
-    from transforms.expectations import DELIVERY_END, ROW_ID, SuiteRunner, build_data_docs, load_suite
-    from transforms.validation import apply_versions, row_reasons, version_columns
+    from transforms.expectations import build_data_docs
 
     t0 = time.perf_counter()
     st = _settings(settings, ctx.root)
     lake = Lake(ctx.root)
     policy = _policy(ctx)
     files = lake.read_json(f"{ctx.work}/files.json")
-    validation: dict[str, Any] = {}
-    known: pl.DataFrame | None = None
     docs = lake.path(f"{ctx.work}/runs/data_docs")
-    for source in STAGE_ORDER:
-        spec = SOURCES[source]
-        days = [date.fromisoformat(d) for d in ctx.days_to_stage[source]]
-        batches = _day_batches(lake, ctx, source, days)
-        # Results are stored beside the docs; the site is built once, after every source.
-        runner = SuiteRunner(load_suite(source), docs_dir=docs, batch_name=source, build_docs=False)
-        prior_dirs = _prior_staged_dirs(lake, ctx, source)
-        cols = version_columns(spec)
-        # Valid rows of earlier batches of this run are earlier deliveries for the later ones: the
-        # accepted ones through their staged partitions, the rest (duplicates, conflicts) from here.
-        earlier_dirs: list[str] = []
-        earlier_unaccepted: list[pl.DataFrame] = []
-        success, batch_failures, evaluated = True, [], 0
-        day_reports: dict[str, Any] = {}
-        for batch_days in batches:
-            typed = (pl.read_parquet([lake.path(_typed_file(ctx, source, d)) for d in batch_days]) if batch_days
-                     else _empty_typed(source))
-            typed = typed.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias(ROW_ID))
-            # End of each delivery day in the business time zone, as a UTC instant.
-            ends = {d: business_day_bounds(d, st.tz)[1] for d in batch_days}
-            end_expr = pl.col("_dt").replace_strict(ends, default=None, return_dtype=pl.Datetime("us", "UTC"))
-            batch = (typed.drop("_original", "_parse_errors", "_file", "_row_number")
-                     .with_columns(end_expr.alias(DELIVERY_END)))
-            # A single delivery day can exceed the batch size (issue 3.10: 5 M rows in one file); the
-            # suite judges rows one by one, so it runs on slices (its pandas copy is per slice).
-            row_failures: dict[str, list[int]] = {}
-            for offset in range(0, max(batch.height, 1), VALIDATE_BATCH_ROWS):
-                result = runner.run(batch.slice(offset, VALIDATE_BATCH_ROWS))
-                success = success and result.success
-                batch_failures += [f for f in result.batch_failures if f not in batch_failures]
-                evaluated += result.evaluated
-                for code, ids in result.row_failures.items():
-                    row_failures.setdefault(code, []).extend(ids)  # slices are in row-id order
-            del batch
-            reasons = row_reasons(typed, row_failures, known)
-            del typed
-            prior = lake.scan_partitions(prior_dirs + earlier_dirs)
-            if earlier_unaccepted:
-                carried = pl.concat(earlier_unaccepted, how="vertical").lazy()
-                prior = carried if prior is None else pl.concat([prior.select(cols), carried], how="vertical")
-            outcome = apply_versions(reasons, reasons, prior, spec)
-            del reasons
-            if outcome.unaccepted is not None and outcome.unaccepted.height:
-                earlier_unaccepted.append(outcome.unaccepted)
-            acc_by_day = outcome.accepted.partition_by("_dt", as_dict=True, include_key=True)
-            quar_by_day = outcome.quarantined.partition_by("_dt", as_dict=True, include_key=True)
-            for d in batch_days:
-                acc = acc_by_day.get((d,), outcome.accepted.clear())
-                quar = quar_by_day.get((d,), outcome.quarantined.clear())
-                lake.write_parquet(acc.to_arrow(), f"{ctx.work}/{staged_dir(source, d)}/part-0.parquet",
-                                   metadata={"run_id": ctx.run_id, "schema_version": SCHEMA_VERSION})
-                qt = quar.select(
-                    pl.lit(source).alias("source"), pl.col("_dt").alias("dt"), pl.col("_file").alias("file"),
-                    pl.col("_row_number").alias("row_number"), pl.col("reason_codes"),
-                    pl.col("reasons"), pl.col("_original").fill_null("{}").alias("original"),
-                    pl.lit(ctx.day).alias("quarantined_on"), pl.lit(ctx.run_id).alias("run_id"),
-                ).sort("file", "row_number")
-                lake.write_parquet(table_from_polars(qt, QUARANTINE_SCHEMA),
-                                   f"{ctx.work}/{quarantine_dir(source, d)}/part-0.parquet",
-                                   metadata={"run_id": ctx.run_id, "schema_version": SCHEMA_VERSION})
-                rep = outcome.day_report(d)
-                lake.write_json(rep, f"{ctx.work}/{staged_dir(source, d)}/_accounting.json")
-                day_reports[d.isoformat()] = rep
-                earlier_dirs.append(f"{ctx.work}/{staged_dir(source, d)}")
-            del outcome, acc_by_day, quar_by_day
-        if source == "merchants":
-            # Registry membership as of each delivery day: first day a merchant was delivered.
-            reg = lake.scan_partitions(_resolved_staged_dirs(lake, ctx, "merchants", None, ctx.day))
-            known = (reg.group_by("merchant_id").agg(pl.col("_dt").min().alias("first_seen"))
-                     .collect(engine="in-memory") if reg is not None
-                     else pl.DataFrame(schema={"merchant_id": pl.String, "first_seen": pl.Date}))
-        validation[source] = {"suite": runner.suite["name"], "success": success,
-                              "batch_failures": batch_failures, "evaluated_rows": evaluated,
-                              "staged_days": day_reports}
+    # The registry first: the other sources' rows are checked against it. Those four are
+    # independent of each other and go to worker processes when there is enough to do.
+    validation: dict[str, Any] = {"merchants": _validate_source(ctx.to_json(), "merchants", st, None)}
+    known = _registry_first_seen(lake, ctx)
+    rest = [s for s in STAGE_ORDER if s != "merchants"]
+    rows = {s: _typed_rows(lake, ctx, s) for s in rest}
+    size = pool_size(st.workers, rows.values(), min_work=MIN_PARALLEL_ROWS)
+    # N processes each holding a batch would hold N batches: each gets 1/N of the batch size, so
+    # the run's peak memory stays where it is with one process.
+    batch_rows = max(VALIDATE_BATCH_ROWS // size, 1)
+    with worker_pool(size, st.log_format) as pool:
+        validation.update(map_largest_first(pool, _validate_source, {
+            s: (rows[s], (ctx.to_json(), s, st, known, batch_rows)) for s in rest}))
     lake.write_json(validation, f"{ctx.work}/validation.json")
     build_data_docs(docs)
     gate = evaluate_gate(lake, ctx, policy, files, validation)
@@ -366,14 +327,138 @@ def validate(ctx: RunContext, settings: Settings | None = None) -> RunContext:
     return ctx
 
 
+def _validate_source(ctx_json: dict[str, Any], source: str, st: Settings, known: pl.DataFrame | None,
+                     batch_rows: int = 0) -> dict[str, Any]:
+    """Validate, version and stage one source's typed rows, one batch of delivery days at a time.
+
+    Runs in the parent or in a worker process (:mod:`transforms.parallel`); it writes only
+    the source's staged and quarantine partitions, their accounting and its Great
+    Expectations results, and returns the source's validation report.
+
+    Parameters
+    ----------
+    known
+        First delivery day of every registry merchant (``None`` while validating the registry).
+    batch_rows
+        Most typed rows per batch (0: :data:`VALIDATE_BATCH_ROWS`). The staged rows, quarantine
+        and accounting do not depend on it; only the number of Great Expectations results does.
+    """
+    from transforms.expectations import DELIVERY_END, ROW_ID, SuiteRunner, load_suite
+    from transforms.validation import apply_versions, key_expr, row_reasons, version_columns
+
+    ctx = RunContext.from_json(ctx_json)
+    lake = Lake(ctx.root)
+    docs = lake.path(f"{ctx.work}/runs/data_docs")
+    spec = SOURCES[source]
+    days = [date.fromisoformat(d) for d in ctx.days_to_stage[source]]
+    batch_rows = batch_rows or VALIDATE_BATCH_ROWS
+    batches = _day_batches(lake, ctx, source, days, batch_rows)
+    # Results are stored beside the docs; the site is built once, after every source.
+    runner = SuiteRunner(load_suite(source), docs_dir=docs, batch_name=source, build_docs=False)
+    prior_dirs = _prior_staged_dirs(lake, ctx, source)
+    cols = version_columns(spec)
+    # Valid rows of earlier batches of this run are earlier deliveries for the later ones: the
+    # accepted ones through their staged partitions, the rest (duplicates, conflicts) from here.
+    earlier_dirs: list[str] = []
+    earlier_unaccepted: list[pl.DataFrame] = []
+    # Hash of the key and delivery day of every valid row of the earlier batches: a batch reads
+    # only the earlier partitions that hold one of its keys. Scanning all of them for every batch
+    # grew with the square of the history (25 batches of reviews at L read 325 M keys), though
+    # most keys are new.
+    key = list(spec.key)
+    key_hash = key_expr(key).hash(seed=0).alias("_key_hash")
+    seen: list[pl.DataFrame] = []
+    success, batch_failures, evaluated = True, [], 0
+    day_reports: dict[str, Any] = {}
+    for batch_days in batches:
+        typed = (pl.read_parquet([lake.path(_typed_file(ctx, source, d)) for d in batch_days]) if batch_days
+                 else _empty_typed(source))
+        typed = typed.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias(ROW_ID))
+        # End of each delivery day in the business time zone, as a UTC instant.
+        ends = {d: business_day_bounds(d, st.tz)[1] for d in batch_days}
+        end_expr = pl.col("_dt").replace_strict(ends, default=None, return_dtype=pl.Datetime("us", "UTC"))
+        batch = (typed.drop("_original", "_parse_errors", "_file", "_row_number")
+                 .with_columns(end_expr.alias(DELIVERY_END)))
+        # A single delivery day can exceed the batch size (issue 3.10: 5 M rows in one file); the
+        # suite judges rows one by one, so it runs on slices (its pandas copy is per slice).
+        row_failures: dict[str, list[int]] = {}
+        for offset in range(0, max(batch.height, 1), batch_rows):
+            result = runner.run(batch.slice(offset, batch_rows))
+            success = success and result.success
+            batch_failures += [f for f in result.batch_failures if f not in batch_failures]
+            evaluated += result.evaluated
+            for code, ids in result.row_failures.items():
+                row_failures.setdefault(code, []).extend(ids)  # slices are in row-id order
+        del batch
+        reasons = row_reasons(typed, row_failures, known)
+        del typed
+        valid_keys = (reasons.filter(pl.col("reason_codes").list.len() == 0)
+                      .select(key_hash, "_dt").unique())
+        if source == "merchants":
+            prior = lake.scan_partitions(prior_dirs + earlier_dirs)  # first_seen needs every version
+        else:
+            hashes = valid_keys.get_column("_key_hash").implode()
+            hit = {d for part in seen
+                   for d in part.filter(pl.col("_key_hash").is_in(hashes)).get_column("_dt").unique()}
+            prior = lake.scan_partitions(prior_dirs + [f"{ctx.work}/{staged_dir(source, d)}" for d in sorted(hit)])
+        seen.append(valid_keys)
+        if earlier_unaccepted:
+            carried = pl.concat(earlier_unaccepted, how="vertical").lazy()
+            prior = carried if prior is None else pl.concat([prior.select(cols), carried], how="vertical")
+        outcome = apply_versions(reasons, reasons, prior, spec)
+        del reasons
+        if outcome.unaccepted is not None and outcome.unaccepted.height:
+            earlier_unaccepted.append(outcome.unaccepted)
+        acc_by_day = outcome.accepted.partition_by("_dt", as_dict=True, include_key=True)
+        quar_by_day = outcome.quarantined.partition_by("_dt", as_dict=True, include_key=True)
+        for d in batch_days:
+            acc = acc_by_day.get((d,), outcome.accepted.clear())
+            quar = quar_by_day.get((d,), outcome.quarantined.clear())
+            lake.write_parquet(acc.to_arrow(), f"{ctx.work}/{staged_dir(source, d)}/part-0.parquet",
+                               metadata={"run_id": ctx.run_id, "schema_version": SCHEMA_VERSION})
+            qt = quar.select(
+                pl.lit(source).alias("source"), pl.col("_dt").alias("dt"), pl.col("_file").alias("file"),
+                pl.col("_row_number").alias("row_number"), pl.col("reason_codes"),
+                pl.col("reasons"), pl.col("_original").fill_null("{}").alias("original"),
+                pl.lit(ctx.day).alias("quarantined_on"), pl.lit(ctx.run_id).alias("run_id"),
+            ).sort("file", "row_number")
+            lake.write_parquet(table_from_polars(qt, QUARANTINE_SCHEMA),
+                               f"{ctx.work}/{quarantine_dir(source, d)}/part-0.parquet",
+                               metadata={"run_id": ctx.run_id, "schema_version": SCHEMA_VERSION})
+            rep = outcome.day_report(d)
+            lake.write_json(rep, f"{ctx.work}/{staged_dir(source, d)}/_accounting.json")
+            day_reports[d.isoformat()] = rep
+            earlier_dirs.append(f"{ctx.work}/{staged_dir(source, d)}")
+        del outcome, acc_by_day, quar_by_day
+    return {"suite": runner.suite["name"], "success": success, "batch_failures": batch_failures,
+            "evaluated_rows": evaluated, "staged_days": day_reports}
+
+
+def _registry_first_seen(lake: Lake, ctx: RunContext) -> pl.DataFrame:
+    """Registry membership as of each delivery day: the first day each merchant was delivered."""
+    reg = lake.scan_partitions(_resolved_staged_dirs(lake, ctx, "merchants", None, ctx.day))
+    if reg is None:
+        return pl.DataFrame(schema={"merchant_id": pl.String, "first_seen": pl.Date})
+    return reg.group_by("merchant_id").agg(pl.col("_dt").min().alias("first_seen")).collect(engine="in-memory")
+
+
+def _typed_rows(lake: Lake, ctx: RunContext, source: str) -> int:
+    """Typed rows of a source this attempt must validate (from the Parquet footers)."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.read_metadata(lake.path(_typed_file(ctx, source, date.fromisoformat(d)))).num_rows
+               for d in ctx.days_to_stage.get(source, []))
+
+
 #: Most typed rows validated at once. The full recompute validates a source in batches of whole
 #: delivery days of about this many rows, so its peak memory is bounded by the batch, not the history
 #: (the Great Expectations suite runs on a pandas copy of the batch).
 VALIDATE_BATCH_ROWS = 1_000_000
 
 
-def _day_batches(lake: Lake, ctx: RunContext, source: str, days: list[date]) -> list[list[date]]:
-    """Consecutive delivery days grouped into batches of at most ``VALIDATE_BATCH_ROWS`` typed rows.
+def _day_batches(lake: Lake, ctx: RunContext, source: str, days: list[date],
+                 batch_rows: int = VALIDATE_BATCH_ROWS) -> list[list[date]]:
+    """Consecutive delivery days grouped into batches of at most ``batch_rows`` typed rows.
 
     A day is never split (duplicates, conflicts and the accounting are per delivery day); a day
     larger than the limit is a batch of its own. At least one batch, possibly empty, is returned.
@@ -384,7 +469,7 @@ def _day_batches(lake: Lake, ctx: RunContext, source: str, days: list[date]) -> 
     rows = 0
     for d in days:
         n = pq.read_metadata(lake.path(_typed_file(ctx, source, d))).num_rows
-        if batches[-1] and rows + n > VALIDATE_BATCH_ROWS:
+        if batches[-1] and rows + n > batch_rows:
             batches.append([])
             rows = 0
         batches[-1].append(d)

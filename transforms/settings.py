@@ -40,6 +40,10 @@ class Settings(BaseSettings):
         Secret key for the keyed hash of personal identifiers.
     environment
         ``production`` refuses to run without a configured pseudonym key.
+    workers
+        Processes that stage and validate sources side by side in one run; ``None`` (the
+        default) is one per CPU core. Runs with little to do stay in one process anyway
+        (:mod:`transforms.parallel`). Outputs do not depend on it.
     """
 
     model_config = SettingsConfigDict(env_prefix="REPUTATION_", extra="ignore")
@@ -52,6 +56,7 @@ class Settings(BaseSettings):
     environment: Literal["development", "production"] = "development"
     log_format: Literal["text", "json"] = "text"
     csv_encodings: list[str] = Field(default_factory=lambda: ["utf-8", "gb18030"])
+    workers: int | None = Field(default=None, ge=1)
 
     @field_validator("business_timezone")
     @classmethod

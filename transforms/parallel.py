@@ -1,0 +1,98 @@
+"""Run independent per-source steps in worker processes.
+
+Staging and validating the five sources are independent of each other (apart from the
+registry, validated first), and most of their time is single-threaded Python: the
+HMAC of every identifier, the Great Expectations suite on pandas, the CSV record walk.
+One process therefore uses about one of the machine's cores; a pool of processes uses
+the rest. Outputs do not depend on the pool: each source writes only its own partitions
+and its report comes back to the parent, which assembles them in the fixed source order.
+
+Small runs stay in one process: a worker pays 2-6 s of imports (Polars, Great
+Expectations), more than a small source takes to stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+#: Below this many bytes of landing files to stage, ingest stays in one process.
+MIN_PARALLEL_BYTES = 50_000_000
+#: Below this many typed rows to validate, validate stays in one process (a worker first
+#: spends 3-6 s importing Great Expectations; the suite checks about a million rows in that time).
+MIN_PARALLEL_ROWS = 2_000_000
+
+
+def pool_size(workers: int | None, sizes: Iterable[int], *, min_work: int) -> int:
+    """How many worker processes to use for units of these sizes (1 = stay in this process).
+
+    Parameters
+    ----------
+    workers
+        The configured number (``REPUTATION_WORKERS``); ``None`` means one per CPU core.
+    sizes
+        The work of each unit (a source's bytes or rows).
+    min_work
+        Total work below which a pool costs more than it saves (:data:`MIN_PARALLEL_BYTES`,
+        :data:`MIN_PARALLEL_ROWS`).
+    """
+    units = [s for s in sizes if s > 0]
+    if workers is None:
+        workers = os.cpu_count() or 1
+    if workers <= 1 or len(units) <= 1 or sum(units) < min_work:
+        return 1
+    return min(workers, len(units))
+
+
+def _init_worker(log_level: int, log_format: str) -> None:
+    from transforms.logs import configure
+
+    configure(log_format, logging.getLevelName(log_level))
+
+
+@contextmanager
+def worker_pool(size: int, log_format: str = "text") -> Iterator[ProcessPoolExecutor | None]:
+    """A process pool of ``size`` workers (``None`` when ``size`` is 1: run in this process).
+
+    Workers are spawned, not forked: Polars' thread pool and Great Expectations' state in
+    the parent must not be copied into a child mid-flight.
+    """
+    if size <= 1:
+        yield None
+        return
+    level = logging.getLogger("reputation").getEffectiveLevel()
+    with ProcessPoolExecutor(max_workers=size, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_worker, initargs=(level, log_format)) as pool:
+        yield pool
+
+
+def map_largest_first(pool: ProcessPoolExecutor | None, fn: Callable[..., T],
+                      jobs: dict[str, tuple[int, tuple[Any, ...]]]) -> dict[str, T]:
+    """Run ``fn(*args)`` for every job, the largest first; results by job name.
+
+    Without a pool the jobs run here, in the given order. With one, the largest jobs
+    start first so the last to finish is a small one. An exception of any job is
+    raised here once every started job has ended (no half-written source is left
+    running behind the error).
+    """
+    if pool is None:
+        return {name: fn(*args) for name, (_, args) in jobs.items()}
+    order = sorted(jobs, key=lambda n: -jobs[n][0])
+    futures: dict[str, Future[T]] = {n: pool.submit(fn, *jobs[n][1]) for n in order}
+    error: BaseException | None = None
+    results: dict[str, T] = {}
+    for name in jobs:
+        try:
+            results[name] = futures[name].result()
+        except BaseException as exc:  # re-raised below, once the other jobs have ended
+            error = error or exc
+    if error is not None:
+        raise error
+    return results

@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
@@ -51,10 +53,19 @@ def pool_size(workers: int | None, sizes: Iterable[int], *, min_work: int) -> in
     return min(workers, len(units))
 
 
-def _init_worker(log_level: int, log_format: str) -> None:
+def _init_worker(log_level: int, log_format: str, parent: int) -> None:
     from transforms.logs import configure
 
     configure(log_format, logging.getLevelName(log_level))
+    # A killed parent (an Airflow task timing out, Ctrl-C on the CLI) cannot shut the pool down;
+    # without this the workers would stage on, orphaned, into an attempt nobody will publish.
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="parent-watch").start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 @contextmanager
@@ -69,7 +80,7 @@ def worker_pool(size: int, log_format: str = "text") -> Iterator[ProcessPoolExec
         return
     level = logging.getLogger("reputation").getEffectiveLevel()
     with ProcessPoolExecutor(max_workers=size, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_init_worker, initargs=(level, log_format)) as pool:
+                             initializer=_init_worker, initargs=(level, log_format, os.getpid())) as pool:
         yield pool
 
 

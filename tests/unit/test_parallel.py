@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +63,36 @@ def test_an_error_in_a_worker_reaches_the_parent_whole_and_deterministically() -
     assert info.value.rule == "corrupt_gzip"
     assert info.value.hint == "re-deliver it"
     assert info.value.exit_code == 3
+
+
+def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
+    """A killed run (task timeout, kill -9) must not leave workers staging on, orphaned."""
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent("""
+        import sys, time
+        from transforms.parallel import worker_pool
+        if __name__ == "__main__":
+            with worker_pool(2) as pool:
+                futures = [pool.submit(time.sleep, 120) for _ in range(2)]
+                time.sleep(1.5)  # let both workers start
+                print(" ".join(str(p) for p in pool._processes), flush=True)
+                time.sleep(120)
+    """), encoding="utf-8")
+    with subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        workers = [int(p) for p in proc.stdout.readline().split()]
+        assert len(workers) == 2
+        assert all(_alive(p) for p in workers)
+        proc.kill()
+    deadline = time.monotonic() + 15
+    while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in workers)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in status  # a zombie has exited

@@ -224,15 +224,15 @@ class Lake:
 
     # ----------------------------------------------------------------- tables
     def write_parquet(self, table: pa.Table, rel: str, *, metadata: dict[str, str] | None = None,
-                      sort_note: str | None = None) -> str:
-        """Write one Parquet file (zstd, statistics, bounded row groups) at ``rel``."""
+                      sort_note: str | None = None, compression: str = "zstd") -> str:
+        """Write one Parquet file (zstd unless told, statistics, bounded row groups) at ``rel``."""
         p = self.path(rel)
         p.parent.mkdir(parents=True, exist_ok=True)
         if metadata:
             merged = dict(table.schema.metadata or {})
             merged.update({k.encode(): v.encode() for k, v in metadata.items()})
             table = table.replace_schema_metadata(merged)
-        pq.write_table(table, p, compression="zstd", row_group_size=64_000, write_statistics=True)
+        pq.write_table(table, p, compression=compression, row_group_size=64_000, write_statistics=True)
         return rel
 
     def write_json(self, obj: Any, rel: str) -> str:

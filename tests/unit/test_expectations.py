@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import polars as pl
+import pytest
 
-from transforms.expectations import DELIVERY_END, ROW_ID, SuiteRunner, load_suite
+from transforms.errors import InputRejected
+from transforms.expectations import (
+    DELIVERY_END,
+    ROW_ID,
+    SuiteRunner,
+    build_data_docs,
+    load_suite,
+    store_dir_for,
+)
 
 
 def _reviews() -> pl.DataFrame:
@@ -50,3 +60,55 @@ def test_a_rule_about_the_whole_table_sees_every_column() -> None:
     assert runner.columns is None
     result = runner.run(_reviews())
     assert "columns" not in result.batch_failures  # it counted all ten columns
+
+
+def test_row_ids_need_not_be_positions() -> None:
+    """The ids come from ``_row_id`` (a slice of a batch, shuffled rows), never from row positions."""
+    frame = _reviews().with_columns(pl.Series(ROW_ID, [103, 7, 55, 20])).reverse()
+    result = SuiteRunner(load_suite("reviews")).run(frame)
+    assert result.row_failures == {
+        "out_of_range:rating": [7],
+        "missing_value:review_id": [55],
+        "text_too_long:text": [55],
+        "invalid_identifier:review_id": [20],
+        "after_delivery:created_at": [20],
+    }
+
+
+def test_every_failing_row_is_listed_not_a_sample() -> None:
+    n = 2_500
+    frame = pl.concat([_reviews()] * (n // 4)).with_columns(
+        pl.int_range(pl.len(), dtype=pl.Int64).mul(3).alias(ROW_ID))
+    result = SuiteRunner(load_suite("reviews")).run(frame)
+    assert result.row_failures["out_of_range:rating"] == list(range(3, 3 * n, 12))
+    assert result.row_failures["missing_value:review_id"] == list(range(6, 3 * n, 12))
+    assert result.evaluated == n
+
+
+def test_duplicates_list_every_duplicated_row() -> None:
+    suite = {"name": "dup_suite", "expectations": [
+        {"type": "expect_column_values_to_be_unique", "kwargs": {"column": "merchant_id"},
+         "meta": {"reason_code": "grain", "rule": "one row per merchant"}}]}
+    frame = pl.DataFrame({"merchant_id": ["M1", "M2", "M1", None, "M3", "M2"], ROW_ID: [5, 6, 7, 8, 9, 10]})
+    result = SuiteRunner(suite).run(frame)
+    assert result.row_failures == {"grain": [5, 6, 7, 10]}
+    assert not result.success
+
+
+def test_a_batch_without_row_ids_is_rejected_only_when_a_row_fails() -> None:
+    runner = SuiteRunner(load_suite("reviews"))
+    clean = _reviews().head(2).with_columns(pl.lit(3).alias("rating")).drop(ROW_ID)
+    assert runner.run(clean).success
+    with pytest.raises(InputRejected, match=ROW_ID):
+        runner.run(_reviews().drop(ROW_ID))
+
+
+def test_results_are_stored_and_the_docs_build(tmp_path: Path) -> None:
+    docs = tmp_path / "data_docs"
+    runner = SuiteRunner(load_suite("reviews"), docs_dir=docs, batch_name="reviews", build_docs=False)
+    assert runner.run(_reviews()).row_failures["out_of_range:rating"] == [11]
+    stored = list((store_dir_for(docs) / "validations" / "reviews_suite").rglob("*.json"))
+    assert len(stored) == 1
+    index = build_data_docs(docs)
+    assert index is not None
+    assert "reviews_suite" in Path(index).read_text(encoding="utf-8")

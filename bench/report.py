@@ -69,7 +69,10 @@ def render(resdir: Path, out: Path, *, sizes: list[str]) -> None:
     w("")
     w("Every measurement runs in its own process; *wall* is that process's elapsed time (interpreter start and "
       "imports included, e.g. ~3.5 s of Great Expectations import in every pipeline run), *CPU* its user+system "
-      "time, *peak* its maximum resident set size (`os.wait4` rusage of that child alone). *rows/s* is always "
+      "time including its worker processes (ingest and validate stage sources in a pool of `REPUTATION_WORKERS` "
+      "processes, default one per core), *peak* the largest resident set size of the whole process tree (the "
+      "RSS of the process and its workers summed, sampled every 0.2 s, or the kernel's `ru_maxrss` of the "
+      "largest single process if that is higher). *rows/s* is always "
       "the size's **events in window** (accepted sales, reviews, complaints and returns whose event day lies in "
       "the 180-day extended window ending on the last day) divided by the wall time, so the rows are comparable "
       "across measurements. See [Method](#method-and-caveats) for what each measurement does exactly.")

@@ -13,6 +13,7 @@ Expectations), more than a small source takes to stage.
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import os
@@ -51,6 +52,29 @@ def pool_size(workers: int | None, sizes: Iterable[int], *, min_work: int) -> in
     if workers <= 1 or len(units) <= 1 or sum(units) < min_work:
         return 1
     return min(workers, len(units))
+
+
+def release_memory() -> None:
+    """Give freed heap pages back to the operating system (glibc's ``malloc_trim``; no-op elsewhere).
+
+    pandas and Great Expectations free a batch's copies when it is done, but glibc keeps the
+    pages, so a process's resident size ratchets up batch after batch (measured: 180 MB of a
+    3.3 GB validate peak at M). Two workers side by side add up their high-water marks.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def _init_worker(log_level: int, log_format: str, parent: int) -> None:

@@ -24,7 +24,14 @@ import polars as pl
 from transforms import __version__
 from transforms.errors import FileRejected, GateFailed, InputRejected, ReputationError
 from transforms.lake import Lake, table_from_polars
-from transforms.parallel import MIN_PARALLEL_BYTES, MIN_PARALLEL_ROWS, map_largest_first, pool_size, worker_pool
+from transforms.parallel import (
+    MIN_PARALLEL_BYTES,
+    MIN_PARALLEL_ROWS,
+    map_largest_first,
+    pool_size,
+    release_memory,
+    worker_pool,
+)
 from transforms.policy import Policy, load_policy
 from transforms.schemas import (
     QUARANTINE_SCHEMA,
@@ -301,8 +308,6 @@ def validate(ctx: RunContext, settings: Settings | None = None) -> RunContext:
     docs = lake.path(f"{ctx.work}/runs/data_docs")
     # The registry first: the other sources' rows are checked against it. Those four are
     # independent of each other and go to worker processes when there is enough to do.
-    validation: dict[str, Any] = {"merchants": _validate_source(ctx.to_json(), "merchants", st, None)}
-    known = _registry_first_seen(lake, ctx)
     rest = [s for s in STAGE_ORDER if s != "merchants"]
     rows = {s: _typed_rows(lake, ctx, s) for s in rest}
     size = pool_size(st.workers, rows.values(), min_work=MIN_PARALLEL_ROWS)
@@ -310,6 +315,11 @@ def validate(ctx: RunContext, settings: Settings | None = None) -> RunContext:
     # the run's peak memory stays where it is with one process.
     batch_rows = max(VALIDATE_BATCH_ROWS // size, 1)
     with worker_pool(size, st.log_format) as pool:
+        # With a pool the registry is validated in a worker too: this process then never holds
+        # Great Expectations and a batch of its own beside the workers' batches.
+        validation: dict[str, Any] = map_largest_first(pool, _validate_source, {
+            "merchants": (1, (ctx.to_json(), "merchants", st, None, batch_rows))})
+        known = _registry_first_seen(lake, ctx)
         validation.update(map_largest_first(pool, _validate_source, {
             s: (rows[s], (ctx.to_json(), s, st, known, batch_rows)) for s in rest}))
     lake.write_json(validation, f"{ctx.work}/validation.json")
@@ -432,6 +442,7 @@ def _validate_source(ctx_json: dict[str, Any], source: str, st: Settings, known:
             day_reports[d.isoformat()] = rep
             earlier_dirs.append(f"{ctx.work}/{staged_dir(source, d)}")
         del outcome, acc_by_day, quar_by_day
+        release_memory()
     return {"suite": runner.suite["name"], "success": success, "batch_failures": batch_failures,
             "evaluated_rows": evaluated, "staged_days": day_reports}
 

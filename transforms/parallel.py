@@ -26,10 +26,12 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-#: Below this many bytes of landing files to stage, ingest stays in one process.
+#: Default of ``REPUTATION_PARALLEL_MIN_BYTES``: below this many bytes of landing files to
+#: stage, ingest stays in one process.
 MIN_PARALLEL_BYTES = 50_000_000
-#: Below this many typed rows to validate, validate stays in one process (a worker first
-#: spends 3-6 s importing Great Expectations; the suite checks about a million rows in that time).
+#: Default of ``REPUTATION_PARALLEL_MIN_ROWS``: below this many typed rows to validate, validate
+#: stays in one process (a worker first spends 3-6 s importing Great Expectations; the suite
+#: checks about a million rows in that time).
 MIN_PARALLEL_ROWS = 2_000_000
 
 

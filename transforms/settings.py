@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from transforms.errors import ConfigError
+from transforms.parallel import MIN_PARALLEL_BYTES, MIN_PARALLEL_ROWS
 
 #: The key used when none is configured outside production. It is public (it is in
 #: this file), so pseudonyms made with it protect nothing against someone with the
@@ -42,8 +43,10 @@ class Settings(BaseSettings):
         ``production`` refuses to run without a configured pseudonym key.
     workers
         Processes that stage and validate sources side by side in one run; ``None`` (the
-        default) is one per CPU core. Runs with little to do stay in one process anyway
-        (:mod:`transforms.parallel`). Outputs do not depend on it.
+        default) is one per CPU core. Outputs do not depend on it.
+    parallel_min_bytes, parallel_min_rows
+        Below this many bytes of landing files to stage (rows to validate) a step stays in
+        one process: a worker first spends seconds importing Polars and Great Expectations.
     """
 
     model_config = SettingsConfigDict(env_prefix="REPUTATION_", extra="ignore")
@@ -57,6 +60,8 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     csv_encodings: list[str] = Field(default_factory=lambda: ["utf-8", "gb18030"])
     workers: int | None = Field(default=None, ge=1)
+    parallel_min_bytes: int = Field(default=MIN_PARALLEL_BYTES, ge=0)
+    parallel_min_rows: int = Field(default=MIN_PARALLEL_ROWS, ge=0)
 
     @field_validator("business_timezone")
     @classmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -180,3 +181,28 @@ def test_failure_callback_records_the_stage_and_never_raises(tmp_path, dag_modul
 
     with pytest.raises(AirflowSkipException, match="is failed"):
         dag_modules[1].report(str(root), [day])
+
+
+def test_sources_staged_in_worker_processes_inside_the_tasks(airflow_env, published, tmp_path):
+    """`ingest` and `validate` spawn their worker pool inside Airflow's task processes."""
+    import polars as pl
+
+    from transforms.pipeline import run_date
+    from transforms.settings import Settings
+
+    root, day = published
+    earlier = day - timedelta(days=1)
+    env = {**airflow_env, "REPUTATION_WORKERS": "2", "REPUTATION_PARALLEL_MIN_BYTES": "0",
+           "REPUTATION_PARALLEL_MIN_ROWS": "0"}
+    proc = dags_test(env, root, "merchant_reputation", earlier.isoformat(), retries=0)
+    assert proc.returncode == 0, tail(proc)
+    # The same date run in one process on a fresh lake with the same landing files.
+    fresh = tmp_path / "lake"
+    shutil.copytree(root / "landing", fresh / "landing")
+    assert run_date(earlier, Settings(root=str(fresh), workers=1)).exit_code == 0
+
+    def scores(r: Path) -> pl.DataFrame:
+        return pl.read_parquet(r / "scores" / f"score_date={earlier}").sort("merchant_id")
+
+    assert scores(root).equals(scores(fresh))
+    assert manifest(root, earlier)["run_id"] == manifest(fresh, earlier)["run_id"]

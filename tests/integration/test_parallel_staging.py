@@ -73,14 +73,14 @@ def test_sources_staged_in_worker_processes_give_identical_outputs(tmp_path: Pat
     earlier = last - timedelta(days=1)
     for root, workers in ((one, 1), (two, 2)):
         # Thresholds at zero: even this small lake goes to the pool when workers > 1.
-        monkeypatch.setattr(pipeline, "MIN_PARALLEL_BYTES", 0)
-        monkeypatch.setattr(pipeline, "MIN_PARALLEL_ROWS", 0)
-        st = Settings(root=str(root), workers=workers)
+        st = Settings(root=str(root), workers=workers, parallel_min_bytes=0, parallel_min_rows=0)
         assert run_date(earlier, st).exit_code == 0
         failed = run_date(last, st)  # the broken file fails the date closed, in both modes
         assert failed.exit_code == 3
         assert "broken.csv.gz" in failed.message
-    assert sizes == [1, 1, 1, 1, 2, 2, 2, 2]  # (ingest, validate) x two dates, per mode
+    # Per mode: ingest, validate and the score shards of the published date; ingest and validate
+    # of the rejected one.
+    assert sizes == [1, 1, 1, 1, 1, 2, 2, 2, 2, 2]
 
     a, b = _partitions(one), _partitions(two)
     assert sorted(a) == sorted(b)

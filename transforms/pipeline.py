@@ -449,12 +449,12 @@ def _registry_first_seen(lake: Lake, ctx: RunContext) -> pl.DataFrame:
     return reg.group_by("merchant_id").agg(pl.col("_dt").min().alias("first_seen")).collect(engine="in-memory")
 
 
-def _typed_rows(lake: Lake, ctx: RunContext, source: str) -> int:
-    """Typed rows of a source this attempt must validate (from the Parquet footers)."""
+def _typed_rows(lake: Lake, ctx: RunContext, source: str, d: date | None = None) -> int:
+    """Typed rows of a source this attempt must validate, or of its delivery day ``d`` (Parquet footers)."""
     import pyarrow.parquet as pq
 
-    return sum(pq.read_metadata(lake.path(_typed_file(ctx, source, date.fromisoformat(d)))).num_rows
-               for d in ctx.days_to_stage.get(source, []))
+    days = [d] if d is not None else [date.fromisoformat(x) for x in ctx.days_to_stage.get(source, [])]
+    return sum(pq.read_metadata(lake.path(_typed_file(ctx, source, day))).num_rows for day in days)
 
 
 #: Most typed rows validated at once. The full recompute validates a source in batches of whole
@@ -470,12 +470,10 @@ def _day_batches(lake: Lake, ctx: RunContext, source: str, days: list[date],
     A day is never split (duplicates, conflicts and the accounting are per delivery day); a day
     larger than the limit is a batch of its own. At least one batch, possibly empty, is returned.
     """
-    import pyarrow.parquet as pq
-
     batches: list[list[date]] = [[]]
     rows = 0
     for d in days:
-        n = pq.read_metadata(lake.path(_typed_file(ctx, source, d))).num_rows
+        n = _typed_rows(lake, ctx, source, d)
         if batches[-1] and rows + n > batch_rows:
             batches.append([])
             rows = 0

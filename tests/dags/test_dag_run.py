@@ -31,6 +31,11 @@ AIRFLOW = Path(sys.executable).with_name("airflow")
 
 @pytest.fixture(scope="module")
 def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return _airflow_home(tmp_path_factory)
+
+
+def _airflow_home(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A migrated metadata DB of its own (Airflow keeps one lake root's scores asset active per DB)."""
     home = tmp_path_factory.mktemp("airflow_home")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "REPUTATION_"))}
     env.update({"AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
@@ -183,16 +188,16 @@ def test_failure_callback_records_the_stage_and_never_raises(tmp_path, dag_modul
         dag_modules[1].report(str(root), [day])
 
 
-def test_sources_staged_in_worker_processes_inside_the_tasks(airflow_env, published, tmp_path):
+def test_sources_staged_in_worker_processes_inside_the_tasks(tmp_path_factory, tmp_path):
     """`ingest` and `validate` spawn their worker pool inside Airflow's task processes."""
     import polars as pl
 
     from transforms.pipeline import run_date
     from transforms.settings import Settings
 
-    root, day = published
-    earlier = day - timedelta(days=1)
-    env = {**airflow_env, "REPUTATION_WORKERS": "2", "REPUTATION_PARALLEL_MIN_BYTES": "0",
+    root = tmp_path / "pooled"
+    earlier = small_marketplace(root, days=5)
+    env = {**_airflow_home(tmp_path_factory), "REPUTATION_WORKERS": "2", "REPUTATION_PARALLEL_MIN_BYTES": "0",
            "REPUTATION_PARALLEL_MIN_ROWS": "0"}
     proc = dags_test(env, root, "merchant_reputation", earlier.isoformat(), retries=0)
     assert proc.returncode == 0, tail(proc)

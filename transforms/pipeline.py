@@ -334,7 +334,7 @@ def validate(ctx: RunContext, settings: Settings | None = None) -> RunContext:
 
 
 def _validate_source(ctx_json: dict[str, Any], source: str, st: Settings, known: pl.DataFrame | None,
-                     batch_rows: int = 0) -> dict[str, Any]:
+                     batch_rows: int) -> dict[str, Any]:
     """Validate, version and stage one source's typed rows, one batch of delivery days at a time.
 
     Runs in the parent or in a worker process (:mod:`transforms.parallel`); it writes only
@@ -346,8 +346,9 @@ def _validate_source(ctx_json: dict[str, Any], source: str, st: Settings, known:
     known
         First delivery day of every registry merchant (``None`` while validating the registry).
     batch_rows
-        Most typed rows per batch (0: :data:`VALIDATE_BATCH_ROWS`). The staged rows, quarantine
-        and accounting do not depend on it; only the number of Great Expectations results does.
+        Most typed rows per batch (:data:`VALIDATE_BATCH_ROWS` in one process). The staged rows,
+        quarantine and accounting do not depend on it; only the number of Great Expectations
+        results does.
     """
     from transforms.expectations import DELIVERY_END, ROW_ID, SuiteRunner, load_suite
     from transforms.validation import apply_versions, key_expr, row_reasons, version_columns
@@ -357,7 +358,6 @@ def _validate_source(ctx_json: dict[str, Any], source: str, st: Settings, known:
     docs = lake.path(f"{ctx.work}/runs/data_docs")
     spec = SOURCES[source]
     days = [date.fromisoformat(d) for d in ctx.days_to_stage[source]]
-    batch_rows = batch_rows or VALIDATE_BATCH_ROWS
     batches = _day_batches(lake, ctx, source, days, batch_rows)
     # Results are stored beside the docs; the site is built once, after every source.
     runner = SuiteRunner(load_suite(source), docs_dir=docs, batch_name=source, build_docs=False)

@@ -31,11 +31,14 @@ def bucket_of(merchant_id: str) -> int:
 
 
 def with_bucket(frame: pl.DataFrame, column: str = "merchant_id") -> pl.DataFrame:
-    """Add a ``_bucket`` column (hashing each distinct id once)."""
-    ids = frame.get_column(column).drop_nulls().unique().to_list()
-    mapping = {m: bucket_of(m) for m in ids}
-    return frame.with_columns(pl.col(column).replace_strict(mapping, default=None, return_dtype=pl.Int16)
-                              .alias("_bucket"))
+    """Add a ``_bucket`` column (hashing each distinct id once; null where the id is null).
+
+    A join, not ``replace_strict``: on the many-chunk columns a scan of many files returns,
+    ``replace_strict`` took 11 s for the 17 M sales rows of L's window.
+    """
+    ids = frame.get_column(column).drop_nulls().unique()
+    table = pl.DataFrame({column: ids, "_bucket": pl.Series([bucket_of(m) for m in ids.to_list()], dtype=pl.Int16)})
+    return frame.join(table, on=column, how="left", maintain_order="left")
 
 
 def shard_bucket_range(shard: int, shards: int) -> tuple[int, int]:

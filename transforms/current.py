@@ -138,7 +138,9 @@ def _write_group(lake: Lake, frames: list[pl.DataFrame], rel: str, g: int, schem
     frame = pl.concat([f.select(list(schema)) for f in frames]) if frames else pl.DataFrame(schema=schema)
     order = pl.col("_bucket").cast(pl.UInt64) * (1 << 58) + pl.col("_key_hash") // (1 << 6)
     frame = frame.sort(order, maintain_order=True)
-    lake.write_frame(frame, f"{rel}/part-{g}.parquet")
+    # LZ4: the table is rewritten every night and read by every shard; zstd would save a quarter
+    # of its disk (208 against 275 MiB for L's returns) for 70 % more writing time.
+    lake.write_frame(frame, f"{rel}/part-{g}.parquet", compression="lz4")
     return frame.height
 
 

@@ -137,6 +137,15 @@ def _quiet_gx() -> Any:
     return gx
 
 
+def preload() -> None:
+    """Import Great Expectations now, so that the first suite does not wait for it.
+
+    The import takes 3-4 s (pandas, scipy, the GX modules). :func:`transforms.pipeline.run_date`
+    calls this in a thread while ingest runs; validate then finds the modules loaded.
+    """
+    _quiet_gx()
+
+
 #: Data Docs site name used for a run's docs folder.
 DOCS_SITE = "run_docs"
 

@@ -15,6 +15,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -1050,7 +1051,7 @@ def run_date(score_date: date, settings: Settings | None = None, *, root: str | 
     st = _settings(settings, root)
     lake = Lake(st.root)
     d = score_date.isoformat()
-    with lake.lock(f"score_date={d}", wait_seconds=wait_seconds):
+    with lake.lock(f"score_date={d}", wait_seconds=wait_seconds), _preloading_validation():
         # A date whose held actions a person released: keep what they released, to compare below.
         prior = manifest_for(lake, score_date)
         released = (_read_actions(lake, f"actions/score_date={d}")
@@ -1083,6 +1084,32 @@ def run_date(score_date: date, settings: Settings | None = None, *, root: str | 
                              f"{d}: the guard held the same {held.height} action(s) that were released after "
                              "review on an earlier run of this date; released again", result.summary)
     return result
+
+
+@contextlib.contextmanager
+def _preloading_validation() -> Iterator[None]:
+    """Import Great Expectations in a thread while the run goes on (ingest needs none of it).
+
+    In a nightly run validate used to start with 3-4 s of imports, idle for the rest of the
+    machine; the run's first seconds are ingest, mostly Polars and HMAC. The thread is joined
+    before the run returns, so no import is left half-done at interpreter exit.
+    """
+    import threading
+
+    def load() -> None:
+        from transforms.expectations import preload
+
+        try:
+            preload()
+        except Exception:  # validate imports it again and reports a real problem there
+            log.debug("preloading Great Expectations failed", exc_info=True)
+
+    thread = threading.Thread(target=load, name="preload-gx", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
 
 
 def _read_actions(lake: Lake, rel: str) -> pl.DataFrame | None:

@@ -332,7 +332,9 @@ def superseded_as_of(lake: Lake, ctx: RunContext, source: str, dirs: list[str],
     if new_scan is None:
         return counts
     key = list(spec.key)
-    touched = scan.filter(keys_in(key, new_scan.select(key).unique().collect(engine="in-memory")))
+    # Read once: the history scan is the cost (every staged version's key), and both counts need it.
+    touched = (scan.filter(keys_in(key, new_scan.select(key).unique().collect(engine="in-memory")))
+               .select(*key, *version_order(spec)).collect(engine="in-memory").lazy())
     out = dict(counts)
     for frame, sign in ((superseded_by_day(touched, spec), 1),
                         (superseded_by_day(touched.filter(pl.col("_dt") <= p_day), spec), -1)):

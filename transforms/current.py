@@ -73,6 +73,16 @@ def table_rel(source: str, day: date) -> str:
     return f"agg/current/{source}/score_date={day.isoformat()}"
 
 
+def part_rel(source: str, day: date, group: int) -> str:
+    """The file of one group of a table (named, not listed: ``part-10`` would sort before ``part-2``)."""
+    return f"{table_rel(source, day)}/part-{group}.parquet"
+
+
+def window_start(day: date, policy: Policy) -> date:
+    """The first delivery day of ``day``'s window (the extended window: every merchant's look-back)."""
+    return day - timedelta(days=policy.window.extended_days - 1)
+
+
 def snapshot_key(policy: Policy) -> str:
     """Fingerprint of everything the table's rows depend on besides the staged partitions."""
     text = f"{SNAPSHOT_VERSION}|{policy.window.extended_days}|{BUCKETS}|{GROUPS}|{pl.__version__}|{HASH_SEED}"
@@ -129,8 +139,8 @@ def _by_group(frame: pl.DataFrame) -> dict[int, pl.DataFrame]:
     return {int(g): sub.drop("_g") for (g,), sub in frame.partition_by("_g", as_dict=True).items()}
 
 
-def _write_group(lake: Lake, frames: list[pl.DataFrame], rel: str, g: int, schema: dict[str, pl.DataType]) -> int:
-    """Write one group's rows in the table's order as ``part-<g>.parquet``; returns the rows.
+def _write_group(lake: Lake, frames: list[pl.DataFrame], rel: str, schema: dict[str, pl.DataType]) -> int:
+    """Write one group's rows in the table's order as the file ``rel``; returns the rows.
 
     The order is bucket, then key hash: whichever way the rows were gathered, they come out
     the same, so sums over them add up in the same order.
@@ -140,7 +150,7 @@ def _write_group(lake: Lake, frames: list[pl.DataFrame], rel: str, g: int, schem
     frame = frame.sort(order, maintain_order=True)
     # LZ4: the table is rewritten every night and read by every shard; zstd would save a quarter
     # of its disk (208 against 275 MiB for L's returns) for 70 % more writing time.
-    lake.write_frame(frame, f"{rel}/part-{g}.parquet", compression="lz4")
+    lake.write_frame(frame, rel, compression="lz4")
     return frame.height
 
 
@@ -159,7 +169,7 @@ def _usable_earlier(lake: Lake, ctx: RunContext, source: str, key: str) -> tuple
         return None
     p_day = earlier[-1]
     meta = lake.read_json(f"{table_rel(source, p_day)}/_table.json")
-    if not meta or meta.get("key") != key or len(lake.parquet_files(table_rel(source, p_day))) != GROUPS:
+    if not meta or meta.get("key") != key or not all(lake.exists(part_rel(source, p_day, g)) for g in range(GROUPS)):
         return None
     p_ws = date.fromisoformat(meta["window_start"])
     now = _attempts(lake, ctx, _resolved_staged_dirs(lake, ctx, source, p_ws, p_day))
@@ -188,9 +198,12 @@ def build_current(lake: Lake, ctx: RunContext, policy: Policy, source: str,
     t0 = time.perf_counter()
     spec = SOURCES[source]
     key = snapshot_key(policy)
-    ws = ctx.day - timedelta(days=policy.window.extended_days - 1)
-    public = table_rel(source, ctx.day)
-    rel = f"{ctx.work}/{public}"
+    ws = window_start(ctx.day, policy)
+    rel = f"{ctx.work}/{table_rel(source, ctx.day)}"
+
+    def out(g: int) -> str:
+        return f"{ctx.work}/{part_rel(source, ctx.day, g)}"
+
     if lake.path(rel).is_dir():
         shutil.rmtree(lake.path(rel))
     window = _resolved_staged_dirs(lake, ctx, source, ws, ctx.day)
@@ -201,7 +214,7 @@ def build_current(lake: Lake, ctx: RunContext, policy: Policy, source: str,
     info: dict[str, Any] = {}
     carried = _usable_earlier(lake, ctx, source, key) if scan is not None else None
     if scan is None:
-        rows = sum(_write_group(lake, [], rel, g, schema) for g in range(GROUPS))
+        rows = sum(_write_group(lake, [], out(g), schema) for g in range(GROUPS))
         info = {"mode": "rebuilt"}
     elif carried is not None:
         p_day, meta = carried
@@ -214,9 +227,9 @@ def build_current(lake: Lake, ctx: RunContext, policy: Policy, source: str,
         hit = pl.col("_key_hash").is_in(touched.implode())
         fresh = _by_group(_finish(newest_versions(
             scan.with_columns(key_hash(spec)).filter(hit).collect(engine="streaming"), spec), columns))
-        prev = lake.parquet_files(table_rel(source, p_day))
-        rows = sum(_write_group(lake, [pl.scan_parquet(prev[g]).filter(~hit).collect(engine="in-memory"),
-                                       *([fresh[g]] if g in fresh else [])], rel, g, schema)
+        rows = sum(_write_group(lake, [pl.scan_parquet(lake.path(part_rel(source, p_day, g)))
+                                       .filter(~hit).collect(engine="in-memory"),
+                                       *([fresh[g]] if g in fresh else [])], out(g), schema)
                    for g in range(GROUPS))
         info = {"mode": "carried", "from": p_day.isoformat(), "touched_keys": touched.len()}
     else:
@@ -233,7 +246,7 @@ def build_current(lake: Lake, ctx: RunContext, policy: Policy, source: str,
         rows = 0
         for g in range(GROUPS):
             files = lake.parquet_files(f"{rel}/_passes/group={g}")
-            rows += _write_group(lake, [pl.read_parquet(files)] if files else [], rel, g, schema)
+            rows += _write_group(lake, [pl.read_parquet(files)] if files else [], out(g), schema)
         shutil.rmtree(lake.path(f"{rel}/_passes"))
         info = {"mode": "rebuilt", "passes": passes}
     lake.write_json({"key": key, "score_date": ctx.day.isoformat(), "window_start": ws.isoformat(),
@@ -249,8 +262,7 @@ def window_rows(lake: Lake, ctx: RunContext, policy: Policy, source: str) -> int
 
     from transforms.pipeline import _resolved_staged_dirs
 
-    ws = ctx.day - timedelta(days=policy.window.extended_days - 1)
-    dirs = _resolved_staged_dirs(lake, ctx, source, ws, ctx.day)
+    dirs = _resolved_staged_dirs(lake, ctx, source, window_start(ctx.day, policy), ctx.day)
     return sum(pq.read_metadata(f).num_rows for d in dirs for f in lake.parquet_files(d))
 
 
@@ -269,9 +281,8 @@ def build_current_job(ctx_json: dict[str, Any], source: str, pass_rows: int) -> 
 
 def scan_current(lake: Lake, ctx: RunContext, source: str, buckets: tuple[int, int] | None) -> pl.LazyFrame:
     """The run's current versions of ``source`` (built by :func:`build_current`), optionally one bucket range."""
-    rel = f"{ctx.work}/{table_rel(source, ctx.day)}"
-    files = lake.parquet_files(rel)
-    if len(files) != GROUPS:
+    files = [lake.path(f"{ctx.work}/{part_rel(source, ctx.day, g)}") for g in range(GROUPS)]
+    if not all(f.exists() for f in files):
         from transforms.errors import ReputationError
 
         raise ReputationError(f"the current-version table of {source} for {ctx.day} is missing from the attempt",
@@ -279,8 +290,8 @@ def scan_current(lake: Lake, ctx: RunContext, source: str, buckets: tuple[int, i
     if buckets is None:
         return pl.scan_parquet(files).drop("_key_hash", "_bucket")
     lo, hi = buckets
-    mine = [files[g] for g in groups_for(lo, hi)]
-    return (pl.scan_parquet(mine).filter((pl.col("_bucket") >= lo) & (pl.col("_bucket") < hi))
+    return (pl.scan_parquet([files[g] for g in groups_for(lo, hi)])
+            .filter((pl.col("_bucket") >= lo) & (pl.col("_bucket") < hi))
             .drop("_key_hash", "_bucket"))
 
 

@@ -658,7 +658,7 @@ def score(ctx: RunContext, settings: Settings | None = None) -> RunContext:
     # read the current-version tables instead of versioning the window themselves, two side by
     # side no longer re-read it (they did when 8 shards in a pool of 2 took 47 s of L's nightly
     # run against 38 s in turn); the DAG maps them on Airflow workers instead.
-    workers = _score_pool_size(ctx, st)
+    workers = _score_pool_size(st, _window_rows(ctx))
     with worker_pool(workers, st.log_format) as pool:
         ctx = prepare_score(ctx, st, pool=pool, workers=workers)
         t0 = time.perf_counter()
@@ -668,13 +668,17 @@ def score(ctx: RunContext, settings: Settings | None = None) -> RunContext:
     return gather_scores(ctx, st)
 
 
-def _score_pool_size(ctx: RunContext, st: Settings) -> int:
+def _window_rows(ctx: RunContext) -> dict[str, int]:
+    """Staged rows in the window of each current-version table's source (from Parquet footers)."""
     from transforms.current import WINDOW_SOURCES, window_rows
 
     lake = Lake(ctx.root)
     policy = _policy(ctx)
-    return pool_size(st.workers, [window_rows(lake, ctx, policy, s) for s in WINDOW_SOURCES],
-                     min_work=st.parallel_min_rows)
+    return {s: window_rows(lake, ctx, policy, s) for s in WINDOW_SOURCES}
+
+
+def _score_pool_size(st: Settings, rows: dict[str, int]) -> int:
+    return pool_size(st.workers, rows.values(), min_work=st.parallel_min_rows)
 
 
 def _score_shard_job(ctx_json: dict[str, Any], shard: int, st: Settings) -> str:
@@ -695,7 +699,7 @@ def prepare_score(ctx: RunContext, settings: Settings | None = None, *,
         starts a pool when the window is large enough, ``None`` builds them here, one
         after another.
     """
-    from transforms.current import PASS_ROWS, WINDOW_SOURCES, build_current_job, table_rel, window_rows
+    from transforms.current import PASS_ROWS, WINDOW_SOURCES, build_current_job, table_rel
     from transforms.sharding import validate_shards
 
     t0 = time.perf_counter()
@@ -705,15 +709,16 @@ def prepare_score(ctx: RunContext, settings: Settings | None = None, *,
     validate_shards(policy.shards)
     ws = ctx.day - timedelta(days=policy.window.extended_days - 1)
     review_aggregates(lake, ctx, policy, st.business_timezone, ws)
-    rows = {s: window_rows(lake, ctx, policy, s) for s in WINDOW_SOURCES}
+    rows = _window_rows(ctx)
     with contextlib.ExitStack() as stack:
         if pool == "auto":
-            workers = pool_size(st.workers, rows.values(), min_work=st.parallel_min_rows)
-            pool = stack.enter_context(worker_pool(workers, st.log_format))
-        assert pool != "auto"  # for mypy: replaced just above
+            workers = _score_pool_size(st, rows)
+            executor = stack.enter_context(worker_pool(workers, st.log_format))
+        else:
+            executor = pool
         # Workers side by side each hold one pass of a rebuild: the passes shrink to match.
-        pass_rows = max(PASS_ROWS // (workers if pool is not None else 1), 1)
-        ctx.notes["current_tables"] = map_largest_first(pool, build_current_job, {
+        pass_rows = max(PASS_ROWS // (workers if executor is not None else 1), 1)
+        ctx.notes["current_tables"] = map_largest_first(executor, build_current_job, {
             s: (rows[s], (ctx.to_json(), s, pass_rows)) for s in WINDOW_SOURCES})
     switches: list[list[str]] = ctx.notes.setdefault("agg_switches", [])
     for s in WINDOW_SOURCES:

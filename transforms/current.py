@@ -91,9 +91,9 @@ def snapshot_key(policy: Policy) -> str:
 
 def key_hash(source: Source) -> pl.Expr:
     """A 64-bit hash of the source's key (equal keys, equal hashes; collisions only cost work)."""
-    key = list(source.key)
-    expr = pl.col(key[0]) if len(key) == 1 else pl.struct(key)
-    return expr.hash(seed=HASH_SEED).alias("_key_hash")
+    from transforms.validation import key_expr
+
+    return key_expr(list(source.key)).hash(seed=HASH_SEED).alias("_key_hash")
 
 
 def group_of_bucket() -> pl.Expr:

@@ -589,10 +589,10 @@ def load_inputs(lake: Lake, ctx: RunContext, policy: Policy, tz: str,
     buckets : tuple of int, optional
         The shard's bucket range: only the current-version files holding it are read.
     """
-    from transforms.current import WINDOW_SOURCES, scan_current
+    from transforms.current import WINDOW_SOURCES, scan_current, window_start
     from transforms.validation import current_versions
 
-    ws = ctx.day - timedelta(days=policy.window.extended_days - 1)
+    ws = window_start(ctx.day, policy)
     mine = None if members is None else pl.col("merchant_id").is_in(members.implode())
     out: dict[str, pl.LazyFrame] = {}
     for source in STAGE_ORDER:
@@ -658,9 +658,10 @@ def score(ctx: RunContext, settings: Settings | None = None) -> RunContext:
     # read the current-version tables instead of versioning the window themselves, two side by
     # side no longer re-read it (they did when 8 shards in a pool of 2 took 47 s of L's nightly
     # run against 38 s in turn); the DAG maps them on Airflow workers instead.
-    workers = _score_pool_size(st, _window_rows(ctx))
+    rows = _window_rows(ctx)
+    workers = _score_pool_size(st, rows)
     with worker_pool(workers, st.log_format) as pool:
-        ctx = prepare_score(ctx, st, pool=pool, workers=workers)
+        ctx = prepare_score(ctx, st, pool=pool, workers=workers, rows=rows)
         t0 = time.perf_counter()
         map_largest_first(pool, _score_shard_job, {
             f"shard-{k}": (1, (ctx.to_json(), k, st)) for k in range(ctx.notes["shards"])})
@@ -689,7 +690,8 @@ def _score_shard_job(ctx_json: dict[str, Any], shard: int, st: Settings) -> str:
 
 
 def prepare_score(ctx: RunContext, settings: Settings | None = None, *,
-                  pool: ProcessPoolExecutor | Literal["auto"] | None = "auto", workers: int = 1) -> RunContext:
+                  pool: ProcessPoolExecutor | Literal["auto"] | None = "auto", workers: int = 1,
+                  rows: dict[str, int] | None = None) -> RunContext:
     """Build what every shard shares: missing daily review aggregates and the current-version tables.
 
     Parameters
@@ -698,8 +700,10 @@ def prepare_score(ctx: RunContext, settings: Settings | None = None, *,
         Worker processes for the three tables and their number: ``"auto"`` (the default)
         starts a pool when the window is large enough, ``None`` builds them here, one
         after another.
+    rows
+        :func:`_window_rows`, when the caller has read them already (to size its pool).
     """
-    from transforms.current import PASS_ROWS, WINDOW_SOURCES, build_current_job, table_rel
+    from transforms.current import PASS_ROWS, WINDOW_SOURCES, build_current_job, table_rel, window_start
     from transforms.sharding import validate_shards
 
     t0 = time.perf_counter()
@@ -707,9 +711,8 @@ def prepare_score(ctx: RunContext, settings: Settings | None = None, *,
     lake = Lake(ctx.root)
     policy = _policy(ctx)
     validate_shards(policy.shards)
-    ws = ctx.day - timedelta(days=policy.window.extended_days - 1)
-    review_aggregates(lake, ctx, policy, st.business_timezone, ws)
-    rows = _window_rows(ctx)
+    review_aggregates(lake, ctx, policy, st.business_timezone, window_start(ctx.day, policy))
+    rows = rows if rows is not None else _window_rows(ctx)
     with contextlib.ExitStack() as stack:
         if pool == "auto":
             workers = _score_pool_size(st, rows)

@@ -237,29 +237,41 @@ _WEIGHT_COLS = ["_orders_w", "_fulfil_bad_w", "_defect_ret_w", "_nad_ret_w", "_r
                 "_quality_c_w", "_nad_c_w", "_c_fail_w", "_c_w", "_mismatch_w", "_rating_sum_w", "_rating_w"]
 
 
-def robust_category_rate(d: str, floor: float, cap: float, z: float, passes: int = 2) -> pl.Expr:
-    """The category norm of a rate dimension (an expression over all merchants).
+def robust_category_rates(frame: pl.LazyFrame, policy: Policy, z: float, passes: int = 2) -> pl.LazyFrame:
+    """Add ``{d}_category_rate``, the category norm of each rate dimension.
 
     Each merchant contributes its decayed bad events and exposure scaled by
     ``min(1, cap / exposure)``, so no merchant weighs more than ``cap`` orders.
     After each pass, merchants whose Wilson lower bound (raw counts) exceeds the
     current norm are excluded from the next: the norm is that of the category's
-    merchants who are not demonstrably worse than it. Never below ``floor``.
+    merchants who are not demonstrably worse than it. Never below the dimension's
+    ``min_category_rate``.
     """
-    bad, exp_ = pl.col(f"_{d}_bad_w"), pl.col(f"_{d}_exp_w")
-    scale = pl.when(exp_ > cap).then(cap / exp_).otherwise(1.0)
-    lo, _ = wilson_bounds(pl.col(num_col_name(d)).clip(upper_bound=pl.col(f"{d}_exposure_count")),
-                          pl.col(f"{d}_exposure_count"), z)
+    cap = policy.evidence.category_prior_cap
+    norm = {d: f"_{d}_norm" for d in RATE_DIMENSIONS}
 
-    def pooled(keep: pl.Expr) -> pl.Expr:
+    def pooled(d: str, keep: pl.Expr) -> pl.Expr:
+        bad, exp_ = pl.col(f"_{d}_bad_w"), pl.col(f"_{d}_exp_w")
+        scale = pl.when(exp_ > cap).then(cap / exp_).otherwise(1.0)
         num = (bad * scale).filter(keep).sum().over("category")
         den = (exp_ * scale).filter(keep).sum().over("category")
         return pl.when(den > 0).then(num / den).otherwise(None)
 
-    norm = pooled(pl.lit(True))
+    def lower(d: str) -> pl.Expr:
+        return wilson_bounds(pl.col(num_col_name(d)).clip(upper_bound=pl.col(f"{d}_exposure_count")),
+                             pl.col(f"{d}_exposure_count"), z)[0]
+
+    # One with_columns per pass, each pass reading the previous one's column: written as one
+    # nested expression, every pass re-evaluated all earlier ones (1.25 s of 2.7 s at 100 k merchants).
+    frame = frame.with_columns(pooled(d, pl.lit(True)).alias(norm[d]) for d in RATE_DIMENSIONS)
     for _ in range(passes):
-        norm = pl.coalesce(pooled(lo <= norm.fill_null(1.0)), norm)
-    return pl.max_horizontal(norm.fill_nan(None).fill_null(floor), pl.lit(floor)).round(12)
+        frame = frame.with_columns(
+            pl.coalesce(pooled(d, lower(d) <= pl.col(norm[d]).fill_null(1.0)), pl.col(norm[d])).alias(norm[d])
+            for d in RATE_DIMENSIONS)
+    floors = {d: getattr(policy.dimensions, d).min_category_rate for d in RATE_DIMENSIONS}
+    return frame.with_columns(
+        pl.max_horizontal(pl.col(norm[d]).fill_nan(None).fill_null(floors[d]), pl.lit(floors[d])).round(12)
+        .alias(f"{d}_category_rate") for d in RATE_DIMENSIONS).drop(list(norm.values()))
 
 
 def score_merchants(evidence: pl.LazyFrame, score_date: date, policy: Policy) -> pl.LazyFrame:
@@ -311,9 +323,7 @@ def score_merchants(evidence: pl.LazyFrame, score_date: date, policy: Policy) ->
     # would let a few giant bad merchants define "normal"; instead each merchant's exposure is
     # capped, and merchants whose interval lies entirely above the current norm are set aside
     # for the next pass (twice).
-    for d in RATE_DIMENSIONS:
-        ev = ev.with_columns(robust_category_rate(d, getattr(dims, d).min_category_rate,
-                                                  policy.evidence.category_prior_cap, z).alias(f"{d}_category_rate"))
+    ev = robust_category_rates(ev, policy, z)
     rating_prior = (pl.col("_rating_sum_w").sum() / pl.col("_rating_w").sum()).over("category").round(12)
     ev = ev.with_columns(rating_prior.fill_nan(None).fill_null(4.0).alias("category_rating_mean"))
 

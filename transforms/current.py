@@ -17,12 +17,16 @@ built.
 
 The nightly run builds ``D`` from the newest earlier table ``P`` (:func:`build_current`):
 
-* a key's current version can only change if the key has a version on a delivery
-  day that entered the window since ``P`` (``P < d <= D``) or left it
-  (``ws_P <= d < ws_D``); call those keys *touched*;
-* every other key keeps ``P``'s row: its versions inside the window are the same;
-* touched keys are re-versioned from the staged window, read through a filter on
-  their key hash (a hash collision only re-versions one more key).
+* versions are ordered by the source's version column (if any), then delivery day, so
+  a version delivered after ``P`` beats ``P``'s row unless its version value is older;
+* a key's current version can only change if the key has a version on a delivery day
+  that entered the window since ``P`` (``P < d <= D``) — the newest of ``P``'s row and
+  those versions — or if ``P``'s row itself was delivered before ``ws_D`` and so left
+  the window. Without a version column, every other version of such a key is at least
+  as old, so the key leaves; with one, a version delivered later but with an older
+  value may remain, so those keys alone are re-versioned from the staged window, read
+  through a filter on their key hash (a hash collision only re-versions one more key);
+* every other key keeps ``P``'s row: removing older versions does not change the newest.
 
 ``P`` is used only if every delivery day it covered is still the staged partition
 it read (the same attempt, as in the accounting carry), and its key matches
@@ -47,6 +51,8 @@ from transforms.schemas import SOURCES, Source
 from transforms.sharding import BUCKETS, with_bucket
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from transforms.lake import Lake
     from transforms.pipeline import RunContext
     from transforms.policy import Policy
@@ -147,6 +153,7 @@ def _write_group(lake: Lake, frames: list[pl.DataFrame], rel: str, schema: dict[
     """
     frame = pl.concat([f.select(list(schema)) for f in frames]) if frames else pl.DataFrame(schema=schema)
     order = pl.col("_bucket").cast(pl.UInt64) * (1 << 58) + pl.col("_key_hash") // (1 << 6)
+    # A merge of the carried rows (already in order) with the few new ones took longer than this sort.
     frame = frame.sort(order, maintain_order=True)
     # LZ4: the table is rewritten every night and read by every shard; zstd would save a quarter
     # of its disk (208 against 275 MiB for L's returns) for 70 % more writing time.
@@ -178,6 +185,54 @@ def _usable_earlier(lake: Lake, ctx: RunContext, source: str, key: str) -> tuple
     return p_day, meta
 
 
+def _carry(lake: Lake, ctx: RunContext, source: str, p_day: date, p_ws: date, ws: date, scan: pl.LazyFrame,
+           columns: list[str], schema: dict[str, pl.DataType], out: Callable[[int], str]) -> tuple[int, dict[str, Any]]:
+    """Write the run's table from the earlier table of ``p_day`` (window ``p_ws ..= p_day``).
+
+    The rules are the module docstring's. Only the entering delivery days are read, and,
+    for a source with a version column, the window's rows of keys whose row left it.
+    """
+    from transforms.pipeline import _resolved_staged_dirs
+    from transforms.validation import version_order
+
+    spec = SOURCES[source]
+    order = version_order(spec)
+    lineage = {c: scan.collect_schema()[c] for c in order if c not in columns}
+    entering_scan = lake.scan_partitions(_resolved_staged_dirs(lake, ctx, source, p_day + timedelta(days=1), ctx.day))
+    entering = (entering_scan.select([*columns, *lineage]).with_columns(key_hash(spec)).collect(engine="in-memory")
+                if entering_scan is not None else pl.DataFrame(schema={**{c: schema[c] for c in columns}, **lineage,
+                                                                         "_key_hash": pl.UInt64()}))
+    entering = with_bucket(entering).filter(pl.col("_bucket").is_not_null()).with_columns(group_of_bucket().alias("_g"))
+    left = pl.col("_dt") < ws
+    old = [pl.scan_parquet(lake.path(part_rel(source, p_day, g))) for g in range(GROUPS)]
+    rescan = pl.Series("_key_hash", [], pl.UInt64)
+    if spec.version_column and p_ws < ws:
+        rescan = pl.concat([f.filter(left).select("_key_hash") for f in old]).collect(engine="in-memory").to_series()
+    redo = (newest_versions(scan.with_columns(key_hash(spec)).filter(pl.col("_key_hash").is_in(rescan.implode()))
+                            .collect(engine="streaming"), spec) if rescan.len() else None)
+    fresh = _by_group(_finish(redo, columns)) if redo is not None else {}
+    entering = entering.filter(~pl.col("_key_hash").is_in(rescan.implode()))
+    by_group = {int(g): sub for (g,), sub in entering.partition_by("_g", as_dict=True).items()}
+    rows = 0
+    for g in range(GROUPS):
+        came = by_group.get(g)
+        hit = pl.col("_key_hash").is_in((came.get_column("_key_hash") if came is not None
+                                         else pl.Series([], dtype=pl.UInt64)).implode())
+        # A rescanned hash is re-versioned whole (another key sharing it included).
+        prev = old[g].filter(~left & ~pl.col("_key_hash").is_in(rescan.implode())).collect(engine="in-memory")
+        kept = prev.filter(~hit) if came is not None else prev
+        new: list[pl.DataFrame] = [fresh[g]] if g in fresh else []
+        if came is not None:
+            # P's rows lack the delivery-order columns; they never tie with a later delivery's row.
+            rivals = prev.filter(hit).with_columns(pl.lit(None, dtype=t).alias(c) for c, t in lineage.items())
+            both = pl.concat([rivals.select(came.drop("_g").columns), came.drop("_g")])
+            new.append(newest_versions(both, spec).select(list(schema)))
+        rows += _write_group(lake, [kept, *new], out(g), schema)
+    touched = entering.get_column("_key_hash").n_unique() + rescan.len()
+    return rows, {"mode": "carried", "from": p_day.isoformat(), "touched_keys": touched,
+                  "rescanned_keys": rescan.len()}
+
+
 def build_current(lake: Lake, ctx: RunContext, policy: Policy, source: str,
                   pass_rows: int = PASS_ROWS) -> dict[str, Any]:
     """Write ``source``'s current versions for the run's date into the attempt folder.
@@ -190,7 +245,7 @@ def build_current(lake: Lake, ctx: RunContext, policy: Policy, source: str,
     -------
     dict
         What was done: ``mode`` (``carried`` or ``rebuilt``), ``from`` (the carried
-        table's date), ``touched_keys``, ``rows`` and ``seconds``.
+        table's date), ``touched_keys``, ``rescanned_keys``, ``rows`` and ``seconds``.
     """
     from transforms.pipeline import _resolved_staged_dirs
     from transforms.staging import empty_typed
@@ -218,20 +273,8 @@ def build_current(lake: Lake, ctx: RunContext, policy: Policy, source: str,
         info = {"mode": "rebuilt"}
     elif carried is not None:
         p_day, meta = carried
-        p_ws = date.fromisoformat(meta["window_start"])
-        changed = _resolved_staged_dirs(lake, ctx, source, p_ws, ws - timedelta(days=1)) + \
-            _resolved_staged_dirs(lake, ctx, source, p_day + timedelta(days=1), ctx.day)
-        changed_scan = lake.scan_partitions(changed)
-        touched = (changed_scan.select(key_hash(spec)).unique().collect(engine="in-memory").get_column("_key_hash")
-                   if changed_scan is not None else pl.Series("_key_hash", [], pl.UInt64))
-        hit = pl.col("_key_hash").is_in(touched.implode())
-        fresh = _by_group(_finish(newest_versions(
-            scan.with_columns(key_hash(spec)).filter(hit).collect(engine="streaming"), spec), columns))
-        rows = sum(_write_group(lake, [pl.scan_parquet(lake.path(part_rel(source, p_day, g)))
-                                       .filter(~hit).collect(engine="in-memory"),
-                                       *([fresh[g]] if g in fresh else [])], out(g), schema)
-                   for g in range(GROUPS))
-        info = {"mode": "carried", "from": p_day.isoformat(), "touched_keys": touched.len()}
+        rows, info = _carry(lake, ctx, source, p_day, date.fromisoformat(meta["window_start"]), ws, scan,
+                            columns, schema, out)
     else:
         total = scan.select(pl.len()).collect(engine="in-memory").item()
         passes = max(1, -(-total // pass_rows))

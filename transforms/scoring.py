@@ -459,28 +459,56 @@ def add_reasons(frame: pl.LazyFrame, policy: Policy) -> pl.LazyFrame:
 
     A dimension is a reason when it costs at least ``reasons.min_points_lost``
     points against a typical merchant (sub-score 80; see :func:`points_lost`); at most ``reasons.max_codes``
-    are listed, worst first. ``reason_details`` gives each one's value against its
+    are listed, worst first (ties in dimension order). ``reason_codes``, ``reason_details`` and
+    ``reason_points`` are parallel lists; ``reason_details`` gives each one's value against its
     category benchmark in words.
     """
+    # Sorting a list of (code, points, detail) structs in every row (list.eval) cost far
+    # more than the points and details themselves, so the order is computed with plain
+    # columns instead: a kept dimension's rank is the
+    # number of kept dimensions ahead of it (more points, or as many and listed earlier),
+    # which is exactly the stable descending sort - Polars comparisons, like its sort, put
+    # NaN above every number and take -0.0 == 0.0; null points fail the `>=` and are never
+    # kept. Slot j of each list takes the dimension ranked j; lists are then cut to the
+    # number kept.
     weights = policy.dimensions.weights()
-    lost = [
-        pl.struct(
-            pl.lit(REASON_CODES[d]).alias("code"),
-            points_lost(d, weights[d]).alias("points"),
-            _detail(d).alias("detail"),
-        )
-        for d in DIMENSIONS
-    ]
-    ranked = (pl.concat_list(lost).list.eval(
-        pl.element().sort_by(pl.element().struct.field("points"), descending=True, maintain_order=True)
-    ).list.eval(
-        pl.element().filter(pl.element().struct.field("points") >= policy.reasons.min_points_lost)
-    ).list.head(policy.reasons.max_codes))
-    return frame.with_columns(ranked.alias("_reasons")).with_columns(
-        pl.col("_reasons").list.eval(pl.element().struct.field("code")).alias("reason_codes"),
-        pl.col("_reasons").list.eval(pl.element().struct.field("detail")).alias("reason_details"),
-        pl.col("_reasons").list.eval(pl.element().struct.field("points")).alias("reason_points"),
-    ).drop("_reasons")
+    points = [f"_reason_points_{d}" for d in DIMENSIONS]
+    details = [f"_reason_detail_{d}" for d in DIMENSIONS]
+    ranks = [f"_reason_rank_{d}" for d in DIMENSIONS]
+    frame = frame.with_columns(
+        *(points_lost(d, weights[d]).alias(p) for d, p in zip(DIMENSIONS, points, strict=True)),
+        *(_detail(d).alias(c) for d, c in zip(DIMENSIONS, details, strict=True)),
+    )
+    kept = [(pl.col(p) >= policy.reasons.min_points_lost).fill_null(False) for p in points]
+    frame = frame.with_columns(
+        *(_reason_rank(points, kept, i).alias(r) for i, r in enumerate(ranks)),
+        pl.min_horizontal(pl.sum_horizontal(kept), policy.reasons.max_codes).alias("_reason_count"),
+    )
+    codes = [pl.lit(REASON_CODES[d]) for d in DIMENSIONS]
+    return frame.with_columns(
+        _ranked_list(ranks, codes, policy.reasons.max_codes).alias("reason_codes"),
+        _ranked_list(ranks, [pl.col(c) for c in details], policy.reasons.max_codes).alias("reason_details"),
+        _ranked_list(ranks, [pl.col(p) for p in points], policy.reasons.max_codes).alias("reason_points"),
+    ).drop(*points, *details, *ranks, "_reason_count")
+
+
+def _reason_rank(points: list[str], kept: list[pl.Expr], i: int) -> pl.Expr:
+    """0-based place of dimension ``i`` among the kept ones, worst first; null when not kept."""
+    p = pl.col(points[i])
+    ahead = [kept[e] & (pl.col(points[e]) >= p if e < i else pl.col(points[e]) > p)
+             for e in range(len(points)) if e != i]
+    return pl.when(kept[i]).then(pl.sum_horizontal(ahead))
+
+
+def _ranked_list(ranks: list[str], values: list[pl.Expr], max_codes: int) -> pl.Expr:
+    """Per row, the ``values`` of the kept dimensions in rank order (``_reason_count`` of them)."""
+    slots = []
+    for j in range(max_codes):
+        slot: Any = pl.when(pl.col(ranks[0]) == j).then(values[0])
+        for r, v in zip(ranks[1:], values[1:], strict=True):
+            slot = slot.when(pl.col(r) == j).then(v)
+        slots.append(slot)
+    return pl.concat_list(slots).list.head(pl.col("_reason_count"))
 
 
 def _pct(col: str) -> pl.Expr:

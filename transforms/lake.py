@@ -239,9 +239,10 @@ class Lake:
                     compression: Literal["zstd", "lz4", "snappy", "uncompressed"] = "zstd") -> str:
         """Write a Polars frame as one Parquet file at ``rel`` (its schema is the frame's).
 
-        For the lake's own intermediate tables, whose schema comes from staged partitions
-        written with :meth:`write_parquet`. Polars' writer compresses columns in parallel:
-        1.4 s against pyarrow's 3.3 s for the 5.2 M current returns at L.
+        For the lake's own intermediate tables, whose schema is fixed upstream (typed rows by
+        the source's contract, current-version tables by the staged partitions written with
+        :meth:`write_parquet`). Polars' writer compresses columns in parallel: 1.4 s against
+        pyarrow's 3.3 s for the 5.2 M current returns at L.
         """
         p = self.path(rel)
         p.parent.mkdir(parents=True, exist_ok=True)

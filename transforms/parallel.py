@@ -110,6 +110,11 @@ def worker_pool(size: int, log_format: str = "text") -> Iterator[ProcessPoolExec
         yield pool
 
 
+def call(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``: lets one :func:`map_largest_first` run jobs of different functions."""
+    return fn(*args)
+
+
 def map_largest_first(pool: ProcessPoolExecutor | None, fn: Callable[..., T],
                       jobs: dict[str, tuple[int, tuple[Any, ...]]]) -> dict[str, T]:
     """Run ``fn(*args)`` for every job, the largest first; results by job name.

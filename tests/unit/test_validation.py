@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -11,6 +12,7 @@ from transforms.schemas import SOURCES, Source
 from transforms.validation import (
     apply_versions,
     current_versions,
+    keys_in,
     row_reasons,
     superseded_by_day,
     version_columns,
@@ -178,3 +180,27 @@ def test_superseded_counts_are_the_same_in_hash_passes(monkeypatch: pytest.Monke
         monkeypatch.undo()
         assert dict(one_pass.iter_rows()) == _ranked_superseded(staged.collect(), spec)
         assert one_pass["superseded"].sum() > 50
+
+
+def test_keys_in_with_its_bounds_matches_a_semi_join(tmp_path: Path) -> None:
+    """keys_in adds each key column's bounds (for Parquet statistics) without changing which rows match."""
+    days = [date(2026, 1, 1) + timedelta(days=i % 40) for i in range(4000)]
+    history = pl.DataFrame({"merchant_id": [f"M{i % 97:03d}" for i in range(4000)], "date": days,
+                            "review_id": [f"R{i:05d}" for i in range(4000)], "n": list(range(4000))})
+    path = tmp_path / "history.parquet"
+    history.sort("date").write_parquet(path, row_group_size=100)
+    wanted = pl.DataFrame({"merchant_id": ["M005", "M050", "M096", "M999"],
+                           "date": [date(2026, 1, 6), date(2026, 1, 12), date(2026, 2, 9), date(2026, 1, 6)]})
+    got = pl.scan_parquet(path).filter(keys_in(["merchant_id", "date"], wanted)).collect()
+    assert got.sort("n").equals(history.join(wanted, on=["merchant_id", "date"], how="semi").sort("n"))
+    assert got.height > 0
+    ids = pl.DataFrame({"review_id": ["R00007", "R03999", "R01234", "Z"]})
+    got = pl.scan_parquet(path).filter(keys_in(["review_id"], ids)).collect()
+    assert sorted(got["review_id"].to_list()) == ["R00007", "R01234", "R03999"]
+    # A struct key with a null part gets no bounds for that column (the list alone decides).
+    with_null = pl.DataFrame({"merchant_id": [None, "M005"], "date": [date(2026, 1, 6), date(2026, 1, 6)]},
+                             schema={"merchant_id": pl.String, "date": pl.Date})
+    got = pl.scan_parquet(path).filter(keys_in(["merchant_id", "date"], with_null)).collect()
+    assert got.equals(history.sort("date").filter(
+        (pl.col("merchant_id") == "M005") & (pl.col("date") == date(2026, 1, 6))))
+    assert "is_between" in str(keys_in(["review_id"], ids))

@@ -124,3 +124,23 @@ def test_carried_scores_equal_rebuilt_scores(tmp_path: Path) -> None:
         assert set(_modes(other, day).values()) == {("rebuilt", None)}
         assert_frame_equal(_scores(root, day), _scores(other, day))
     assert set(_modes(root, end).values()) == {("carried", str(end - timedelta(days=1)))}
+
+
+def test_a_retried_prepare_score_still_publishes_the_review_aggregates_it_built(tmp_path: Path) -> None:
+    """A retry finds the first try's aggregates in the attempt; their switches must not be lost with its notes."""
+    from transforms.pipeline import RunContext, ingest, prepare_score, validate
+
+    root = tmp_path / "lake"
+    end = generate_marketplace(root, merchants=40, days=6, seed=5, show_progress=False,
+                               malformed_row_share=0.0, gb18030_share=0.0).end
+    st = _settings(tmp_path, root)
+    validated = validate(ingest(end, st), st).to_json()
+
+    def review_switches(ctx: RunContext) -> set[str]:
+        return {p[0] for p in ctx.notes.get("agg_switches", []) if p[0].startswith("agg/reviews/")}
+
+    first = prepare_score(RunContext.from_json(json.loads(json.dumps(validated))), st, pool=None)
+    # The task is retried from the context validate saved: the first try built the days, its notes are gone.
+    retry = prepare_score(RunContext.from_json(json.loads(json.dumps(validated))), st, pool=None)
+    assert review_switches(first)
+    assert review_switches(retry) == review_switches(first)

@@ -463,14 +463,13 @@ def add_reasons(frame: pl.LazyFrame, policy: Policy) -> pl.LazyFrame:
     ``reason_points`` are parallel lists; ``reason_details`` gives each one's value against its
     category benchmark in words.
     """
-    # Sorting a list of (code, points, detail) structs in every row (list.eval) cost far
-    # more than the points and details themselves, so the order is computed with plain
-    # columns instead: a kept dimension's rank is the
-    # number of kept dimensions ahead of it (more points, or as many and listed earlier),
-    # which is exactly the stable descending sort - Polars comparisons, like its sort, put
-    # NaN above every number and take -0.0 == 0.0; null points fail the `>=` and are never
-    # kept. Slot j of each list takes the dimension ranked j; lists are then cut to the
-    # number kept.
+    # Sorting a list of (code, points, detail) structs in every row (list.eval) cost far more
+    # than the points and details themselves, so the order is computed with plain columns: a
+    # kept dimension's rank is the number of kept dimensions ahead of it (more points, or as
+    # many and listed earlier), which is exactly the stable descending sort. Polars comparisons,
+    # like its sort, put NaN above every number and take -0.0 == 0.0; null points fail the `>=`
+    # and are never kept. Slot j of each list takes the dimension ranked j; the lists are then
+    # cut to the number kept.
     weights = policy.dimensions.weights()
     points = [f"_reason_points_{d}" for d in DIMENSIONS]
     details = [f"_reason_detail_{d}" for d in DIMENSIONS]

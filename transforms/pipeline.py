@@ -663,16 +663,19 @@ def _review_aggregate_files(lake: Lake, ctx: RunContext, key: str, d_iso: str) -
     return None
 
 
-def _review_rows_to_aggregate(lake: Lake, ctx: RunContext, policy: Policy, tz: str, ws: date) -> int:
-    """Staged reviews of the window's days whose aggregates :func:`review_aggregates` must build."""
+def _review_rows_to_aggregate(lake: Lake, ctx: RunContext, ws: date) -> int:
+    """Staged reviews of the window's days this run staged: what :func:`review_aggregates` builds.
+
+    Sizes its job in the worker pool only. Days whose stored aggregate has a stale key are
+    rebuilt too but not counted: telling them apart reads every day's footer, which
+    :func:`review_aggregates` does anyway.
+    """
     import pyarrow.parquet as pq
 
-    from transforms.aggregates import agg_key
-
-    key = agg_key(policy, tz)
+    restaged = set(ctx.days_to_stage.get("reviews", []))
     return sum(pq.read_metadata(f).num_rows
                for staged in _resolved_staged_dirs(lake, ctx, "reviews", ws, ctx.day)
-               if _review_aggregate_files(lake, ctx, key, staged.rsplit("dt=", 1)[1]) is None
+               if staged.rsplit("dt=", 1)[1] in restaged
                for f in lake.parquet_files(staged))
 
 
@@ -765,7 +768,7 @@ def prepare_score(ctx: RunContext, settings: Settings | None = None, *,
         # long as the three tables (27 s at L), one after the other in this process.
         jobs: dict[str, tuple[int, tuple[Any, ...]]] = {
             s: (rows[s], (build_current_job, ctx.to_json(), s, pass_rows)) for s in WINDOW_SOURCES}
-        jobs["reviews"] = (_review_rows_to_aggregate(lake, ctx, policy, st.business_timezone, ws),
+        jobs["reviews"] = (_review_rows_to_aggregate(lake, ctx, ws),
                            (_review_aggregates_job, ctx.to_json(), st.business_timezone, ws))
         done = map_largest_first(executor, call, jobs)
     switches: list[list[str]] = ctx.notes.setdefault("agg_switches", [])

@@ -40,7 +40,7 @@ def discount_reviews(reviews: pl.LazyFrame, policy: Policy, tz: str) -> pl.LazyF
     lf = reviews.with_columns(pl.col("n").sum().over("merchant_id", "event_day").alias("_day_count"))
     daily = (lf.group_by("merchant_id", "event_day").agg(pl.col("n").sum().alias("_n"))
              .group_by("merchant_id").agg(pl.col("_n").median().alias("_median_day")))
-    lf = lf.join(daily, on="merchant_id", how="left")
+    lf = lf.join(daily, on="merchant_id", how="left", maintain_order="left")
     burst = (pl.col("_day_count") >= m.burst_min_reviews) & (
         pl.col("_day_count") >= m.burst_multiple * pl.col("_median_day").fill_null(1.0))
     dup = pl.col("text_hash").is_not_null() & (
@@ -93,7 +93,8 @@ def discount_complaints(complaints: pl.LazyFrame, policy: Policy, tz: str) -> pl
     # campaign are as much part of it as the day its count crossed the threshold.
     surge_days = (pl.concat([surge_ends.with_columns(pl.col("_day") - pl.duration(days=k)) for k in range(span)])
                   .unique().with_columns(pl.lit(True).alias("is_surge")))
-    return (lf.join(surge_days, on=["merchant_id", "_day"], how="left")
+    # In the complaints' own order: the scores add their weights up in it (see compute_evidence).
+    return (lf.join(surge_days, on=["merchant_id", "_day"], how="left", maintain_order="left")
             .with_columns(pl.col("is_surge").fill_null(False))
             .with_columns(pl.when(pl.col("is_surge")).then(m.surge_weight).otherwise(1.0).alias("complaint_weight"))
             .drop("_day"))

@@ -119,7 +119,7 @@ def merchant_windows(sales: pl.LazyFrame, registry: pl.LazyFrame, score_date: da
 def _in_window(frame: pl.LazyFrame, day_col: pl.Expr, windows: pl.LazyFrame, score_date: date,
                half_life: float) -> pl.LazyFrame:
     return (frame.with_columns(day_col.alias("_event_day"))
-            .join(windows.select("merchant_id", "window_start"), on="merchant_id", how="inner")
+            .join(windows.select("merchant_id", "window_start"), on="merchant_id", how="inner", maintain_order="left")
             .filter((pl.col("_event_day") >= pl.col("window_start")) & (pl.col("_event_day") <= score_date))
             .with_columns(decay_weight((pl.lit(score_date) - pl.col("_event_day")).dt.total_days(), half_life)
                           .alias("_w")))

@@ -192,6 +192,28 @@ def copy_lake(src: Path, dst: Path) -> None:
     hardlink_tree(src / "landing", dst / "landing")
 
 
+def warm_landing(landing: Path) -> dict[str, Any]:
+    """Read every landing file once, so the next measurement finds them in the page cache.
+
+    The pipeline's full recompute was measured first and could read the landing zone from disk,
+    while DuckDB and the floor, measured after it, read it from memory. Every measurement that
+    reads the landing zone now starts from the same (warm) cache; the time of this read is kept.
+    """
+    t0 = time.perf_counter()
+    size = 0
+    for f in sorted(landing.rglob("*")):
+        if f.is_file():
+            with f.open("rb") as fh:
+                while chunk := fh.read(1 << 22):
+                    size += len(chunk)
+    return {"bytes": size, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+#: Nightly runs per size (each on a fresh copy of the LAST-1 lake); the report and the verdict use
+#: their median, so one run slowed by the shared machine does not decide the target.
+NIGHTLY_RUNS = 3
+
+
 #: Where the measured code lives (a snapshot of transforms/ and expectations/; see snapshot_code).
 CODE_ROOT = ""
 
@@ -420,6 +442,8 @@ def bench_size(size: str, workdir: Path, seed: int, *, profile: bool, duckdb_thr
     # 1. full recompute of LAST on an empty lake
     log(f"{size}: full recompute of {last}")
     full_root = fresh_lake(base_dir / "full", gen / "landing")
+    res["warm_landing"] = warm_landing(gen / "landing")
+    log(f"{size}: landing read once to warm the page cache: {res['warm_landing']['seconds']:.1f} s")
     full = measure("run", ["--root", str(full_root), "--date", last.isoformat()], workdir, f"{size}-full")
     _check_published(full)
     res["full"] = full
@@ -437,6 +461,7 @@ def bench_size(size: str, workdir: Path, seed: int, *, profile: bool, duckdb_thr
     else:
         log(f"{size}: full run of {prev} (the incremental run's starting lake)")
         fresh_lake(base, gen / "landing")
+        warm_landing(gen / "landing")
         prof = workdir / "profiles" / f"{size}-full-{prev.isoformat()}.pyisession" if profile else None
         if prof:
             prof.parent.mkdir(parents=True, exist_ok=True)
@@ -447,11 +472,16 @@ def bench_size(size: str, workdir: Path, seed: int, *, profile: bool, duckdb_thr
         if prof:
             save_profile(workdir, f"{size}: full recompute of LAST-1", render_profile(prof))
     incr_root = base_dir / "incr"
-    copy_lake(base, incr_root)
-    log(f"{size}: incremental run of {last}")
-    incr = measure("run", ["--root", str(incr_root), "--date", last.isoformat()], workdir, f"{size}-incremental")
-    _check_published(incr)
-    res["incremental"] = incr
+    runs = []
+    for k in range(NIGHTLY_RUNS):
+        copy_lake(base, incr_root)
+        log(f"{size}: incremental run of {last} ({k + 1} of {NIGHTLY_RUNS})")
+        runs.append(measure("run", ["--root", str(incr_root), "--date", last.isoformat()], workdir,
+                            f"{size}-incremental" + (f"-{k + 1}" if k else "")))
+        _check_published(runs[-1])
+    res["incremental"] = sorted(runs, key=lambda m: m["wall_s"])[len(runs) // 2]
+    res["incremental_walls_s"] = [m["wall_s"] for m in runs]
+    res["incremental_peaks_mib"] = [m["peak_mib"] for m in runs]
     if profile:
         copy_lake(base, incr_root)
         prof = workdir / "profiles" / f"{size}-incremental-{last.isoformat()}.pyisession"
@@ -466,6 +496,7 @@ def bench_size(size: str, workdir: Path, seed: int, *, profile: bool, duckdb_thr
     vfile = base_dir / "duckdb_landing_vars.json"
     vfile.write_text(json.dumps(lvars))
     log(f"{size}: DuckDB over the landing files ({len(excluded['files'])} GB18030 files excluded)")
+    warm_landing(gen / "landing")
     res["duckdb_landing"] = measure("duckdb", ["--variant", "landing", "--vars", str(vfile), *threads], workdir,
                                     f"{size}-duckdb-landing")
     res["duckdb_landing"]["excluded"] = excluded
@@ -482,6 +513,7 @@ def bench_size(size: str, workdir: Path, seed: int, *, profile: bool, duckdb_thr
 
     # 4. floors
     log(f"{size}: floors")
+    warm_landing(gen / "landing")
     res["floor_landing"] = measure("floor-landing", ["--landing", str(gen / "landing")], workdir,
                                    f"{size}-floor-landing")
     res["floor_staged"] = measure("floor-staged", ["--lake", str(full_root), "--date", last.isoformat(),

@@ -290,11 +290,11 @@ def score_merchants(evidence: pl.LazyFrame, score_date: date, policy: Policy) ->
     dims = policy.dimensions
     ev = evidence.with_columns(
         [pl.col(c).fill_null(0).cast(pl.Int64) for c in _COUNT_COLS]
-        # Decayed sums are rounded to 1e-9. Their rows are added in a fixed order (inputs keep their
-        # row order through every join, tests/unit/test_row_order.py; a merchant's rows all sit in
-        # one shard; the in-memory engine's group sums gave the same bits on 1, 2 and 4 threads at L),
-        # so reruns agree bit for bit. The rounding is only a second line: it hides a last-bit
-        # difference unless the sum lies within a few ulps of a rounding midpoint.
+        # Decayed sums are rounded to 1e-9. Their rows are added in a fixed order: the joins before
+        # the sums keep their input's row order (tests/unit/test_row_order.py), a merchant's rows all
+        # sit in one shard, and the in-memory engine's group sums gave the same bits on 1, 2 and 4
+        # threads at L. So reruns agree bit for bit. The rounding is only a second line: it hides a
+        # last-bit difference unless the sum lies within a few ulps of a rounding midpoint.
         + [pl.col(c).fill_null(0.0).cast(pl.Float64).round(9) for c in _WEIGHT_COLS]
         + [pl.col("discount_reasons").fill_null(pl.lit([], pl.List(pl.String)))]
     )

@@ -697,17 +697,18 @@ def score(ctx: RunContext, settings: Settings | None = None) -> RunContext:
     then :func:`gather_scores` — the same steps the DAG fans out over workers.
     """
     st = _settings(settings, ctx.root)
-    # One pool for the tables and the shards (a worker pays its imports once). Since the shards
-    # read the current-version tables instead of versioning the window themselves, two side by
-    # side no longer re-read it (they did when 8 shards in a pool of 2 took 47 s of L's nightly
-    # run against 38 s in turn); the DAG maps them on Airflow workers instead.
+    # One pool for the tables and the shards (a worker pays its imports once). The tables are
+    # built side by side; the shards run one at a time, in a worker. A shard's Polars plans keep
+    # both cores busy already: two side by side took as long at L (four shards: 15.0 s against
+    # 15.6 s in turn) and held two shards' memory (nightly peak 3.4 GiB against 2.3 GiB). On
+    # several machines the DAG maps the shards on Airflow workers instead.
     rows = _window_rows(ctx)
     workers = _score_pool_size(st, rows)
     with worker_pool(workers, st.log_format) as pool:
         ctx = prepare_score(ctx, st, pool=pool, workers=workers, rows=rows)
         t0 = time.perf_counter()
-        map_largest_first(pool, _score_shard_job, {
-            f"shard-{k}": (1, (ctx.to_json(), k, st)) for k in range(ctx.notes["shards"])})
+        for k in range(ctx.notes["shards"]):
+            map_largest_first(pool, _score_shard_job, {f"shard-{k}": (1, (ctx.to_json(), k, st))})
         _timed(ctx, "score_shards", t0)  # the stage's wall time; the shards' own are in notes
     return gather_scores(ctx, st)
 

@@ -257,6 +257,18 @@ class Lake:
         frame.write_parquet(p, compression=compression, row_group_size=64_000, statistics=True, arrow_schema=schema)
         return rel
 
+    def sink_frame(self, frame: pl.LazyFrame, rel: str, *,
+                   compression: Literal["zstd", "lz4", "snappy", "uncompressed"] = "zstd") -> str:
+        """Write a lazy frame as one Parquet file at ``rel`` with Polars' streaming engine, in row order.
+
+        The file is laid out as :meth:`write_frame` lays it out (row groups, statistics); the
+        frame's rows are computed and written a batch at a time, never held whole.
+        """
+        p = self.path(rel)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        frame.sink_parquet(p, compression=compression, row_group_size=64_000, statistics=True, maintain_order=True)
+        return rel
+
     def write_json(self, obj: Any, rel: str) -> str:
         """Write JSON (sorted keys, UTF-8) at ``rel`` atomically."""
         p = self.path(rel)

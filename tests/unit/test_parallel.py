@@ -96,3 +96,12 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return "State:\tZ" not in status  # a zombie has exited
+
+
+def test_pool_size_stays_in_process_when_one_job_is_nearly_all_the_work() -> None:
+    # A pool would end at most 10 % sooner: the largest job alone sets the time.
+    alone = {"min_work": 100, "largest_alone": 0.9}
+    assert pool_size(2, [5_000_000, 2_000, 2_000, 150, 2_000], **alone) == 1
+    assert pool_size(2, [900, 100], **alone) == 1
+    assert pool_size(2, [890, 110], **alone) == 2
+    assert pool_size(2, [900, 100], min_work=100) == 2  # not asked for (the score stage's pool)

@@ -9,13 +9,16 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
+from transforms import staging
 from transforms.errors import FileRejected
 from transforms.schemas import SOURCES
 from transforms.staging import (
-    _csv_record_widths,
     _csv_record_widths_fast,
+    _csv_record_widths_slow,
     _ts_from_string,
+    _utf8_bytes,
     check_columns,
+    decode_text,
     parse_csv,
     parse_jsonl,
     parse_parquet,
@@ -201,7 +204,7 @@ def test_timestamp_fast_path_reads_exactly_what_the_full_parse_reads() -> None:
 
 def _csv_walk(text: str) -> list[int] | str:
     try:
-        return _csv_record_widths(text, "f.csv")  # no bytes: the standard-library walk only
+        return _csv_record_widths_slow(text, "f.csv")  # the standard-library walk only
     except FileRejected as exc:
         return exc.rule
 
@@ -234,3 +237,33 @@ def test_csv_width_fast_path_agrees_with_the_strict_csv_walk() -> None:
                                   'a,b\n"x" ,2\n', 'a,b\nx"y,2\n'])
 def test_csv_width_fast_path_leaves_every_problem_to_the_walk(text: str) -> None:
     assert _csv_record_widths_fast(text.encode("utf-8")) is None
+
+
+_TEXTS = [b"", b"plain ascii,1\n", "caf\u00e9,\u4e2d\u6587,\U0001F600\n".encode(), b"\xef\xbb\xbfbom,x\n",
+          "\u4e2d\u6587,gb\n".encode("gb18030"),  # not UTF-8: decoded as GB18030
+          b"cut \xe4\xb8", b"bad \xff here", b"surrogate \xed\xa0\x80", b"overlong \xc0\xaf", b"nul\x00",
+          b"\xff\xfeu\x00t\x00f\x00", "x\u00e9\u00e9\u00e9\u4e2d\u4e2d\U0001F600\U0001F600y".encode()]
+
+
+@pytest.mark.parametrize("slice_bytes", [1, 2, 3, 5, 1 << 24])
+def test_utf8_bytes_match_decoding_the_whole_text(monkeypatch: pytest.MonkeyPatch, slice_bytes: int) -> None:
+    """The slice-by-slice UTF-8 check decides as a whole decode does, even with characters cut by a slice."""
+    monkeypatch.setattr(staging, "_UTF8_CHECK_BYTES", slice_bytes)
+    for data in _TEXTS:
+        try:
+            data.decode("utf-8")
+            valid = True
+        except UnicodeDecodeError:
+            valid = False
+        assert staging._is_utf8(data) is valid, data  # a valid file takes the slice-by-slice path
+        for encodings in (["utf-8", "gb18030"], ["utf-8"], ["gb18030", "utf-8"], []):
+            try:
+                text, enc = decode_text(data, "f.csv", encodings)
+            except FileRejected as exc:
+                want = (exc.rule, exc.message)
+            else:
+                assert _utf8_bytes(data, "f.csv", encodings) == (text.encode("utf-8"), enc), (data, encodings)
+                continue
+            with pytest.raises(FileRejected) as got:
+                _utf8_bytes(data, "f.csv", encodings)
+            assert (got.value.rule, got.value.message) == want

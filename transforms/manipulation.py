@@ -37,23 +37,41 @@ def discount_reviews(reviews: pl.LazyFrame, policy: Policy, tz: str) -> pl.LazyF
     """
     del tz
     m = policy.manipulation
-    lf = reviews.with_columns(pl.col("n").sum().over("merchant_id", "event_day").alias("_day_count"))
-    daily = (lf.group_by("merchant_id", "event_day").agg(pl.col("n").sum().alias("_n"))
-             .group_by("merchant_id").agg(pl.col("_n").median().alias("_median_day")))
-    lf = lf.join(daily, on="merchant_id", how="left", maintain_order="left")
-    burst = (pl.col("_day_count") >= m.burst_min_reviews) & (
-        pl.col("_day_count") >= m.burst_multiple * pl.col("_median_day").fill_null(1.0))
-    dup = pl.col("text_hash").is_not_null() & (
-        pl.col("n").sum().over("merchant_id", "text_hash") >= m.duplicate_text_min)
-    unverified = ~pl.col("verified_purchase").fill_null(False)
-    reason = (pl.when(unverified & burst & dup).then(pl.lit("burst_duplicate_text_unverified"))
-              .when(unverified & burst).then(pl.lit("burst_unverified"))
-              .when(unverified & dup).then(pl.lit("duplicate_text_unverified"))
-              .otherwise(None))
-    return (lf.with_columns(reason.alias("discount_reason"))
+    day = ["merchant_id", "event_day"]
+    text = ["merchant_id", "text_hash"]
+    # The day totals and the text clusters count every review, verified or not; only the
+    # flagging is limited to the unverified rows (625 k of 3.4 M in an L shard), the only
+    # ones that can be discounted. Row-wise windows, a median joined back onto every row and a
+    # reason built for all rows took 1.09 s of compute on an L shard (in memory, best of 5);
+    # small key tables joined onto the unverified rows, and their reasons onto all rows by row
+    # number, take 0.54 s. Every branch starts from the cached `lf`, so the input is read once:
+    # built from `reviews` itself, the branches scanned the shard's 180 Parquet files three times
+    # (with the reading, 0.9 s against 1.6 s for the old plan; 2.2 s with the repeated scans).
+    lf = reviews.with_row_index("_row").cache()
+    daily = lf.group_by(day).agg(pl.col("n").sum().alias("_day_count"))
+    # A join (not a window): a null merchant_id gets no median, which counts as 1.0.
+    median = daily.group_by("merchant_id").agg(pl.col("_day_count").median().alias("_median_day"))
+    burst_days = (daily.join(median, on="merchant_id", how="left")
+                  .filter((pl.col("_day_count") >= m.burst_min_reviews)
+                          & (pl.col("_day_count") >= m.burst_multiple * pl.col("_median_day").fill_null(1.0)))
+                  .select(*day, pl.lit(True).alias("_burst")))
+    dup_texts = (lf.filter(pl.col("text_hash").is_not_null())
+                 .group_by(text).agg(pl.col("n").sum().alias("_text_count"))
+                 .filter(pl.col("_text_count") >= m.duplicate_text_min)
+                 .select(*text, pl.lit(True).alias("_dup")))
+    burst, dup = pl.col("_burst").is_not_null(), pl.col("_dup").is_not_null()
+    # nulls_equal: a null key forms a group of its own in the totals above, as in a window.
+    flagged = (lf.filter(~pl.col("verified_purchase").fill_null(False)).select("_row", *day, "text_hash")
+               .join(burst_days, on=day, how="left", nulls_equal=True)
+               .join(dup_texts, on=text, how="left", nulls_equal=True)
+               .filter(burst | dup)
+               .select("_row", pl.when(burst & dup).then(pl.lit("burst_duplicate_text_unverified"))
+                       .when(burst).then(pl.lit("burst_unverified"))
+                       .otherwise(pl.lit("duplicate_text_unverified")).alias("discount_reason")))
+    return (lf.join(flagged, on="_row", how="left", maintain_order="left")
             .with_columns(pl.when(pl.col("discount_reason").is_not_null()).then(m.suspicious_weight)
                           .otherwise(1.0).alias("review_weight"))
-            .drop("_day_count", "_median_day"))
+            .drop("_row"))
 
 
 def discount_complaints(complaints: pl.LazyFrame, policy: Policy, tz: str) -> pl.LazyFrame:

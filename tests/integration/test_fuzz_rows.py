@@ -97,10 +97,11 @@ def _encode(fmt: str, rows: list[dict[str, Any]]) -> bytes:
         data = "".join(json.dumps(r, ensure_ascii=False, allow_nan=True) + "\n" for r in rows).encode()
     else:
         try:  # typed columns when every value of a column has one type, else all text
-            table = pa.Table.from_pylist(rows)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-            table = pa.Table.from_pylist([{k: None if v is None else _cell(v) for k, v in r.items()} for r in rows])
-        return parquet_bytes(table)
+            return parquet_bytes(pa.Table.from_pylist(rows))
+        # NotImplemented: a column of empty dicts is a struct without fields, which Parquet cannot hold.
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
+            return parquet_bytes(pa.Table.from_pylist([{k: None if v is None else _cell(v) for k, v in r.items()}
+                                                      for r in rows]))
     return gzip.compress(data, mtime=0) if fmt.endswith(".gz") else data
 
 

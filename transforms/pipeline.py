@@ -476,17 +476,34 @@ def _with_originals(quarantined: pl.DataFrame, paths: list[Path]) -> pl.DataFram
     """Quarantined rows with their delivered text (``_original``), read from the batch's typed files.
 
     ``_row_id`` is a row's position in ``paths`` read in order, as :func:`_validate_source`
-    numbers them. Only the wanted rows are kept as the files are read.
+    numbers them. The files are read a row group at a time, and only the groups holding a
+    quarantined row: the whole column (1.1 GB for a day of 5 M reviews) is never held, and a
+    streaming scan of it with a row-index filter still held 0.8 GB.
     """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from transforms.expectations import ROW_ID
 
     if not quarantined.height:
         return quarantined.with_columns(pl.lit(None, pl.String).alias("_original"))
-    originals = (pl.scan_parquet(paths).select("_original").with_row_index(ROW_ID)
-                 .with_columns(pl.col(ROW_ID).cast(pl.Int64))
-                 .filter(pl.col(ROW_ID).is_in(quarantined.get_column(ROW_ID).implode()))
-                 .collect(engine="streaming"))
-    return quarantined.join(originals, on=ROW_ID, how="left", maintain_order="left", validate="1:1")
+    wanted = np.unique(quarantined.get_column(ROW_ID).to_numpy())
+    ids: list[pl.Series] = []
+    texts: list[pl.Series] = []
+    start = 0  # row id of the group's first row
+    for path in paths:
+        file = pq.ParquetFile(path)
+        for group in range(file.num_row_groups):
+            rows = file.metadata.row_group(group).num_rows
+            lo, hi = np.searchsorted(wanted, [start, start + rows])
+            if hi > lo:
+                text = file.read_row_group(group, columns=["_original"]).column(0)
+                ids.append(pl.Series(ROW_ID, wanted[lo:hi], dtype=pl.Int64))
+                texts.append(pl.Series("_original", text.take(pa.array(wanted[lo:hi] - start)), dtype=pl.String))
+            start += rows
+    originals = pl.DataFrame([pl.concat(ids), pl.concat(texts)])
+    return quarantined.join(originals, on=ROW_ID, how="left", maintain_order="left", validate="m:1")
 
 
 def _days_of_sorted(frame: pl.DataFrame) -> dict[tuple[date], pl.DataFrame]:

@@ -24,14 +24,15 @@ def test_days_of_a_sorted_frame_are_its_partitions_by_day() -> None:
 
 
 def test_quarantined_rows_get_the_delivered_text_of_their_own_row(tmp_path: Path) -> None:
-    # Two typed files read in order: row ids run on across them.
     paths = [tmp_path / "a.parquet", tmp_path / "b.parquet"]
-    pl.DataFrame({"_original": ['{"r":0}', '{"r":1}', None]}).write_parquet(paths[0])
-    pl.DataFrame({"_original": ['{"r":3}', '{"r":4}']}).write_parquet(paths[1])
-    quarantined = pl.DataFrame({"_row_id": [4, 0, 2], "_dt": [D2, D1, D1]})
+    # Two typed files read in order, the first in row groups of two rows: row ids run on across them.
+    pl.DataFrame({"_original": ['{"r":0}', '{"r":1}', None, '{"r":3}', '{"r":4}']}).write_parquet(
+        paths[0], row_group_size=2)
+    pl.DataFrame({"_original": ['{"r":5}', '{"r":6}']}).write_parquet(paths[1])
+    quarantined = pl.DataFrame({"_row_id": [6, 0, 2, 3], "_dt": [D2, D1, D1, D1]})
     got = _with_originals(quarantined, paths)
-    assert got.get_column("_row_id").to_list() == [4, 0, 2]  # the quarantine's own order
-    assert got.get_column("_original").to_list() == ['{"r":4}', '{"r":0}', None]
+    assert got.get_column("_row_id").to_list() == [6, 0, 2, 3]  # the quarantine's own order
+    assert got.get_column("_original").to_list() == ['{"r":6}', '{"r":0}', None, '{"r":3}']
     empty = _with_originals(quarantined.clear(), paths)
     assert empty.columns == [*quarantined.columns, "_original"]
     assert empty.height == 0

@@ -24,6 +24,7 @@ from transforms.staging import (
     parse_parquet,
     parse_timestamps,
     pseudonymise,
+    spread_lists,
     type_frame,
 )
 
@@ -267,3 +268,15 @@ def test_utf8_bytes_match_decoding_the_whole_text(monkeypatch: pytest.MonkeyPatc
             with pytest.raises(FileRejected) as got:
                 _utf8_bytes(data, "f.csv", encodings)
             assert (got.value.rule, got.value.message) == want
+
+
+@pytest.mark.parametrize("flags", [[], [False] * 4, [True] * 3, [False, True, False, False, True, True, False]])
+def test_spread_lists_equals_gathering_from_an_empty_list_and_the_lists(flags: list[bool]) -> None:
+    flag = pl.Series(flags, dtype=pl.Boolean)
+    lists = pl.Series("codes", [["a", "b"], [], ["c"]][: int(flag.sum())], dtype=pl.List(pl.String))
+    index = flag.cast(pl.UInt32)
+    want = pl.concat([pl.Series("codes", [[]], pl.List(pl.String)), lists]).gather(index.cum_sum() * index)
+    got = spread_lists(flag, lists)
+    assert got.dtype == pl.List(pl.String)
+    assert got.name == "codes"
+    assert got.to_list() == want.to_list()

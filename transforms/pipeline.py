@@ -424,7 +424,6 @@ def _validate_source(ctx_json: dict[str, Any], source: str, st: Settings, known:
             for code, ids in result.row_failures.items():
                 row_failures.setdefault(code, []).extend(ids)  # slices are in row-id order
         del batch
-        release_memory()  # the suite's pandas copies: glibc keeps their pages until asked
         reasons = row_reasons(typed, row_failures, known)
         del typed
         valid_keys = (reasons.filter(pl.col("reason_codes").list.len() == 0)

@@ -80,21 +80,19 @@ def row_reasons(typed: pl.DataFrame, ge_failures: dict[str, list[int]], known: p
     pairs = [(rid, code) for code, ids in ge_failures.items() for rid in ids]
     ge = (pl.DataFrame(pairs, schema={ROW_ID: pl.Int64, "_code": pl.String}, orient="row")
           .group_by(ROW_ID).agg(pl.col("_code").alias("_ge")))
-    with_known = known is not None and "merchant_id" in typed.columns
-    if with_known:
-        assert known is not None  # for mypy: with_known implies it
+    unknown = pl.lit(False)
+    if known is not None and "merchant_id" in typed.columns:
         # First delivery day of each row's merchant, looked up per row (null when unregistered).
         first_seen = pl.col("merchant_id").replace_strict(known.get_column("merchant_id"),
                                                           known.get_column("first_seen"), default=None)
         unknown = pl.col("merchant_id").is_not_null() & (first_seen.is_null() | (first_seen > pl.col("_dt")))
-    else:
-        unknown = pl.lit(False)
-    flagged = typed.select(((pl.col("_parse_errors").list.len() > 0)
-                            | pl.col(ROW_ID).is_in(ge.get_column(ROW_ID).implode()) | unknown)
-                           .alias("_flagged")).to_series()
+    marks = typed.select(unknown.alias("_unknown"), ((pl.col("_parse_errors").list.len() > 0)
+                                                    | pl.col(ROW_ID).is_in(ge.get_column(ROW_ID).implode())
+                                                    | unknown).alias("_flagged"))
+    flagged = marks.get_column("_flagged")
     # Almost every row is clean: the list work runs on the flagged rows only, and their lists are
     # spread over every row (spread_lists).
-    codes = (typed.select(ROW_ID, "_parse_errors", unknown.alias("_unknown")).filter(flagged)
+    codes = (typed.select(ROW_ID, "_parse_errors").with_columns(marks.get_column("_unknown")).filter(flagged)
              .join(ge, on=ROW_ID, how="left", maintain_order="left")
              .select(pl.concat_list(pl.col("_parse_errors"), pl.col("_ge").fill_null(pl.lit([], pl.List(pl.String))),
                                     pl.when(pl.col("_unknown")).then(pl.lit(["unknown_merchant"]))

@@ -45,6 +45,8 @@ from transforms.errors import FileRejected, LakeError, RunLocked
 LANDING_EXTENSIONS = (".csv.gz", ".jsonl.gz", ".csv", ".jsonl", ".parquet")
 _DT_DIR = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+#: Rows per Parquet row group in every file the lake writes (one layout, whichever writer).
+ROW_GROUP_ROWS = 64_000
 
 
 @dataclass(frozen=True)
@@ -235,7 +237,7 @@ class Lake:
             merged = dict(table.schema.metadata or {})
             merged.update({k.encode(): v.encode() for k, v in metadata.items()})
             table = table.replace_schema_metadata(merged)
-        pq.write_table(table, p, compression=compression, row_group_size=64_000, write_statistics=True)
+        pq.write_table(table, p, compression=compression, row_group_size=ROW_GROUP_ROWS, write_statistics=True)
         return rel
 
     def write_frame(self, frame: pl.DataFrame, rel: str, *,
@@ -254,7 +256,8 @@ class Lake:
         # The Arrow schema of an empty copy (no data converted) carries the metadata, so readers
         # find it where :meth:`write_parquet` puts it: in the Arrow schema.
         schema = frame.head(0).to_arrow().schema.with_metadata(metadata) if metadata else None
-        frame.write_parquet(p, compression=compression, row_group_size=64_000, statistics=True, arrow_schema=schema)
+        frame.write_parquet(p, compression=compression, row_group_size=ROW_GROUP_ROWS, statistics=True,
+                            arrow_schema=schema)
         return rel
 
     def sink_frame(self, frame: pl.LazyFrame, rel: str, *,
@@ -266,7 +269,8 @@ class Lake:
         """
         p = self.path(rel)
         p.parent.mkdir(parents=True, exist_ok=True)
-        frame.sink_parquet(p, compression=compression, row_group_size=64_000, statistics=True, maintain_order=True)
+        frame.sink_parquet(p, compression=compression, row_group_size=ROW_GROUP_ROWS, statistics=True,
+                           maintain_order=True)
         return rel
 
     def write_json(self, obj: Any, rel: str) -> str:

@@ -59,6 +59,11 @@ def decode_text(data: bytes, rel: str, encodings: list[str]) -> tuple[str, str]:
     FileRejected
         ``invalid_encoding`` when no configured encoding decodes the whole file.
     """
+    return _decode_text_bytes(_text_bytes(data, rel, encodings), rel, encodings)
+
+
+def _text_bytes(data: bytes, rel: str, encodings: list[str]) -> bytes:
+    """``data`` without a UTF-8 byte-order mark; a UTF-16 or binary file is rejected."""
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     if data.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in data:
@@ -67,6 +72,11 @@ def decode_text(data: bytes, rel: str, encodings: list[str]) -> tuple[str, str]:
             "the file contains NUL bytes or a UTF-16 byte-order mark (UTF-16 or binary data), not text in a "
             f"supported encoding ({', '.join(encodings)})",
             hint="re-export it as UTF-8 (or GB18030) and re-deliver it")
+    return data
+
+
+def _decode_text_bytes(data: bytes, rel: str, encodings: list[str]) -> tuple[str, str]:
+    """:func:`decode_text` of bytes :func:`_text_bytes` has checked: each encoding in turn."""
     for enc in encodings:
         try:
             return data.decode(enc), enc
@@ -109,12 +119,10 @@ def _utf8_bytes(data: bytes, rel: str, encodings: list[str]) -> tuple[bytes, str
     (less a byte-order mark) are returned: decoding it whole held its text beside its bytes,
     0.8 GB for a CSV of 5 M reviews (issue 3.10), while the Polars reader never reads the text.
     """
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    if encodings and _is_utf8_name(encodings[0]) and not data.startswith((b"\xff\xfe", b"\xfe\xff")) \
-            and b"\x00" not in data and _is_utf8(data):
+    data = _text_bytes(data, rel, encodings)
+    if encodings and _is_utf8_name(encodings[0]) and _is_utf8(data):
         return data, encodings[0]
-    text, enc = decode_text(data, rel, encodings)
+    text, enc = _decode_text_bytes(data, rel, encodings)
     return text.encode("utf-8"), enc
 
 

@@ -10,6 +10,7 @@ measurement has its own peak memory.
     python bench/child.py generate --root R --merchants N --days N --seed N --out F
     python bench/child.py floor-landing --landing L --out F
     python bench/child.py floor-staged --lake R --date D --out F
+    python bench/child.py mandated-floor --landing L --lake R --out F
     python bench/child.py duckdb --variant landing|staged --vars V --out F
     python bench/child.py read-csv --file F --out F
     python bench/child.py make-reviews --root R --rows N --date D --registry DIR --out F
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from datetime import date, timedelta
@@ -143,6 +145,153 @@ def step_floor_landing(a: argparse.Namespace) -> dict[str, Any]:
     frames = pl.collect_all(queries)
     rows = {n: f.height for n, f in zip(names, frames, strict=True)}
     return {"seconds": round(time.perf_counter() - t0, 3), "rows": rows, "total_rows": sum(rows.values())}
+
+
+def _typed_read_queries(landing: Path) -> list[Any]:
+    """The floor's reads, each needed column cast to its contract type with the cheapest parse.
+
+    One cast per value and no checks: a date is one fixed-format parse, a timestamp one
+    fixed-format parse of its first 19 characters. Less than what typing must do (every accepted
+    form, a reason per bad value), so a lower bound of it.
+    """
+    import polars as pl
+
+    from transforms.schemas import SOURCES as CONTRACT
+
+    def cast(source: str, col: str, dtype: pl.DataType) -> pl.Expr:
+        kind = CONTRACT[source].column(col).kind
+        c = pl.col(col)
+        if dtype != pl.String or kind == "string":
+            return c
+        if kind == "int":
+            return c.cast(pl.Int64, strict=False)
+        if kind == "float":
+            return c.cast(pl.Float64, strict=False)
+        if kind == "bool":
+            return c == "true"
+        if kind == "date":
+            return c.str.to_date("%Y-%m-%d", strict=False)
+        return c.str.slice(0, 19).str.to_datetime("%Y-%m-%dT%H:%M:%S", strict=False, time_unit="us")
+
+    queries: list[pl.LazyFrame] = []
+    for source in SOURCES:
+        cols = NEEDED[source]
+        files = _landing_files(landing, source)
+        scans = []
+        if files["csv"]:
+            scans.append(pl.scan_csv(files["csv"], infer_schema=False, encoding="utf8-lossy").select(cols))
+        if files["jsonl"]:
+            scans.append(pl.scan_ndjson(files["jsonl"], schema=dict.fromkeys(cols, pl.String)))
+        if files["parquet"]:
+            scans.append(pl.scan_parquet(files["parquet"], missing_columns="insert").select(cols))
+        for lf in scans:
+            schema = lf.collect_schema()
+            queries.append(lf.select(cast(source, c, schema[c]) for c in cols))
+    return queries
+
+
+def step_mandated_floor(a: argparse.Namespace) -> dict[str, Any]:
+    """The per-row work the contract requires and the DuckDB reference does not do, measured alone.
+
+    Run with one Polars thread (``POLARS_MAX_THREADS=1``, set by ``bench/run.py``), so each part's
+    wall time is its work with no idle or spinning threads; :func:`mandated_bound` then spreads the
+    sum over every core as if perfectly parallel. Each part is a lower bound of what the pipeline
+    does:
+
+    - typed read: the landing floor plus one cheapest cast per value (:func:`_typed_read_queries`);
+    - Great Expectations: the sources' suites over the *accepted* rows of the full recompute (the
+      pipeline validates every delivered row), in batches of whole days of up to
+      ``VALIDATE_BATCH_ROWS`` rows (the largest the pipeline uses), with no result stored;
+    - staged write: those rows written once as ``Lake.write_frame`` writes a staged partition;
+    - HMAC: each distinct personal identifier hashed once (the pipeline hashes once per file);
+    - keys and counts: the least of the work shared with the DuckDB query, each source's distinct
+      keys and one row count per merchant over those rows (the query deduplicates and aggregates
+      far more).
+    """
+    import polars as pl
+
+    from transforms.expectations import DELIVERY_END, ROW_ID, SuiteRunner, load_suite
+    from transforms.lake import Lake
+    from transforms.pipeline import VALIDATE_BATCH_ROWS
+    from transforms.schemas import SOURCES as CONTRACT
+    from transforms.settings import load_settings
+    from transforms.staging import _hmac_hex24_many, _hmac_pads, business_day_bounds
+
+    def timed(fn: Any, *args: Any) -> tuple[Any, float, float]:
+        w0, c0 = time.perf_counter(), time.process_time()
+        out = fn(*args)
+        return out, time.perf_counter() - w0, time.process_time() - c0
+
+    parts: dict[str, dict[str, Any]] = {}
+    frames, w, c = timed(pl.collect_all, _typed_read_queries(Path(a.landing)))
+    parts["typed_read"] = {"rows": sum(f.height for f in frames), "wall_s": round(w, 3), "cpu_s": round(c, 3)}
+    del frames
+
+    lake_root = Path(a.lake)
+    tz = load_settings(root=str(lake_root)).tz
+    gx = {"rows": 0, "suite_runs": 0, "wall_s": 0.0, "cpu_s": 0.0}
+    write = {"rows": 0, "wall_s": 0.0, "cpu_s": 0.0}
+    scratch = Lake(str(Path(a.out).parent / "mandated-scratch"))
+    for source in SOURCES:
+        parts_dirs = sorted((lake_root / "staged" / source).glob("dt=*"))
+        runner = SuiteRunner(load_suite(source), docs_dir=None, batch_name=source, build_docs=False)
+        batches: list[list[Path]] = [[]]
+        rows = 0
+        for d in parts_dirs:
+            n = pl.scan_parquet(d / "part-0.parquet").select(pl.len()).collect().item()
+            if batches[-1] and rows + n > VALIDATE_BATCH_ROWS:
+                batches.append([])
+                rows = 0
+            batches[-1].append(d)
+            rows += n
+        for batch in (b for b in batches if b):
+            days = [date.fromisoformat(d.name.removeprefix("dt=")) for d in batch]
+            frame = pl.read_parquet([d / "part-0.parquet" for d in batch]).drop("_file", "_row_number", "_row_hash")
+            ends = {d: business_day_bounds(d, tz)[1] for d in days}
+            checked = frame.with_columns(
+                pl.int_range(pl.len(), dtype=pl.Int64).alias(ROW_ID),
+                pl.col("_dt").replace_strict(ends, default=None, return_dtype=pl.Datetime("us", "UTC"))
+                .alias(DELIVERY_END)).rechunk()
+            _, w, c = timed(runner.run, checked)
+            gx["rows"] += checked.height
+            gx["suite_runs"] += 1
+            gx["wall_s"] += w
+            gx["cpu_s"] += c
+            del checked
+            for d in days:
+                part = frame.filter(pl.col("_dt") == d)
+                _, w, c = timed(scratch.write_frame, part, f"{source}/part-0.parquet")
+                write["rows"] += part.height
+                write["wall_s"] += w
+                write["cpu_s"] += c
+    shutil.rmtree(scratch.root, ignore_errors=True)
+    parts["great_expectations"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in gx.items()}
+    parts["staged_write"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in write.items()}
+
+    # The least of the work the pipeline shares with the DuckDB query: each source's distinct keys
+    # (versioning and duplicates need at least that) and one count per merchant (the scores are
+    # per-merchant aggregates), over the rows read once.
+    shared = {"rows": 0, "wall_s": 0.0, "cpu_s": 0.0}
+    for source in SOURCES:
+        staged = pl.read_parquet(str(lake_root / "staged" / source / "dt=*" / "*.parquet"),
+                                 columns=list(dict.fromkeys([*CONTRACT[source].key, "merchant_id"])))
+        key = list(CONTRACT[source].key)
+        _, w, c = timed(lambda f, k: (f.select(k).n_unique(), f.group_by("merchant_id").len()), staged, key)
+        shared["rows"] += staged.height
+        shared["wall_s"] += w
+        shared["cpu_s"] += c
+        del staged
+    parts["keys_and_counts"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in shared.items()}
+
+    personal = [(s, c.name) for s, src in CONTRACT.items() for c in src.columns if c.personal]
+    scans = [pl.scan_parquet(str(lake_root / "staged" / s / "dt=*" / "*.parquet")).select(pl.col(col).alias("v"))
+             for s, col in personal]
+    ids = pl.concat(scans).drop_nulls().unique().collect().get_column("v")
+    inner, outer = _hmac_pads(b"benchmark-key")
+    _, w, c = timed(_hmac_hex24_many, inner, outer, ids)
+    parts["hmac"] = {"rows": len(ids), "wall_s": round(w, 3), "cpu_s": round(c, 3)}
+    return {"parts": parts, "polars_threads": pl.thread_pool_size(), "cores": os.cpu_count(),
+            "batch_rows": VALIDATE_BATCH_ROWS}
 
 
 def staged_window_files(lake: Path, day: date, window_days: int) -> dict[str, list[str]]:
@@ -293,7 +442,7 @@ def step_make_reviews(a: argparse.Namespace) -> dict[str, Any]:
 STEPS = {
     "generate": step_generate, "run": step_run, "ingest-validate": step_ingest_validate,
     "floor-landing": step_floor_landing, "floor-staged": step_floor_staged, "duckdb": step_duckdb,
-    "read-csv": step_read_csv, "make-reviews": step_make_reviews,
+    "read-csv": step_read_csv, "make-reviews": step_make_reviews, "mandated-floor": step_mandated_floor,
 }
 
 

@@ -24,6 +24,38 @@ GIB_MIB = 1024.0
 CHART = "benchmarks-time-vs-size.svg"
 
 
+#: The parts of ``child.py mandated-floor``: per-row work the contract requires beyond the DuckDB query.
+MANDATED_PARTS = {
+    "typed_read": "typed read: the landing floor + one cheapest cast per value",
+    "great_expectations": "Great Expectations: the suites over the accepted rows, ≤ 1 M rows per run",
+    "staged_write": "staged write: the accepted rows written once (Polars, zstd)",
+    "hmac": "HMAC: each distinct personal identifier once",
+    "keys_and_counts": "keys and counts: each source's distinct keys and one row count per merchant",
+}
+#: The parts the DuckDB query has no counterpart for (it reads and types the landing files too).
+BEYOND_DUCKDB = ("great_expectations", "staged_write", "hmac")
+
+
+def mandated_bound(r: dict[str, Any]) -> dict[str, Any] | None:
+    """Lower bounds of the full recompute from the mandated work measured alone, on one thread.
+
+    ``bound_s``: the parts' CPU time spread perfectly over every core, as if everything else the
+    pipeline does (versioning, reasons, quarantine, window tables, scoring, enforcement,
+    publishing) took no time. ``beyond_duckdb_s``: the DuckDB reference's own wall time plus the
+    parts it has no counterpart for, spread the same way: the best case where reading, typing and
+    aggregating cost exactly what they cost DuckDB.
+    """
+    m = r.get("mandated_floor")
+    if not m:
+        return None
+    parts = m["inner"]["parts"]
+    cores = m["inner"]["cores"]
+    work = sum(p["cpu_s"] for p in parts.values())
+    extra = sum(parts[k]["cpu_s"] for k in BEYOND_DUCKDB)
+    return {"parts": parts, "cores": cores, "work_s": work, "bound_s": work / cores,
+            "beyond_duckdb_s": r["duckdb_landing"]["wall_s"] + extra / cores}
+
+
 def _load(p: Path) -> Any:
     return json.loads(p.read_text()) if p.exists() else None
 
@@ -186,6 +218,16 @@ def _size_table(w: Any, size: str, r: dict[str, Any]) -> None:
     row("DuckDB reference over the staged Parquet", r["duckdb_staged"])
     row("floor: Polars read of the needed landing columns", r["floor_landing"])
     row("floor: Polars read of the needed staged columns (+ review aggregates)", r["floor_staged"])
+    mb = mandated_bound(r)
+    if mb:
+        row("mandated work alone, one Polars thread (see *Targets*)", r["mandated_floor"])
+        for k, name in MANDATED_PARTS.items():
+            if (part := mb["parts"].get(k)) is None:
+                continue
+            w(f"| &nbsp;&nbsp;&nbsp;&nbsp;↳ {name} ({part['rows']:,} rows) | {_s(part['wall_s'])} | "
+              f"{_s(part['cpu_s'])} | | | | |")
+        w(f"| &nbsp;&nbsp;&nbsp;&nbsp;↳ **its CPU spread over {mb['cores']} cores: a lower bound of the full "
+          f"recompute** | {_s(mb['bound_s'])} | | | | {_x(mb['bound_s'] / duck)} | {_x(mb['bound_s'] / floor)} |")
     peaks = [(name, r[k].get("stage_peaks_mib")) for name, k in (("full", "full"), ("incremental", "incremental"))]
     fp = r["full_prev"]
     row("full recompute of LAST-1 (builds the incremental lake)", fp,
@@ -257,6 +299,9 @@ def _chart(path: Path, results: dict[str, Any], proj: dict[str, Any] | None) -> 
         pts = [(results[s]["events_total"], results[s][key]["wall_s"]) for s in order]
         ext = [(proj["events"], proj[key]["wall_s"])] if proj and key in ("full", "incremental") else []
         series.append(Series(name, color, pts, ext, labels=order))
+    bounds = [(results[s]["events_total"], b["bound_s"]) for s in order if (b := mandated_bound(results[s]))]
+    if len(bounds) == len(order):
+        series.append(Series("lower bound (mandated)", "#9467bd", bounds, [], labels=order))
     svg = loglog_chart(series, title="Wall time against size (log-log)", xlabel="events in window",
                        ylabel="wall seconds")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -264,8 +309,20 @@ def _chart(path: Path, results: dict[str, Any], proj: dict[str, Any] | None) -> 
 
 
 # ---------------------------------------------------------------------- targets
-def _verdict(ok: bool) -> str:
-    return "**MET**" if ok else "**MISSED**"
+def _verdict(ok: bool, bound: dict[str, Any] | None = None, limit: float | None = None) -> str:
+    if ok:
+        return "**MET**"
+    if bound and limit is not None and bound["bound_s"] > limit:
+        return "**MISSED: out of reach** (the target is below the lower bound)"
+    return "**MISSED**"
+
+
+def _reach(bound: dict[str, Any] | None, limit: float) -> str:
+    """The lower bound beside a full-recompute target (empty without a mandated-floor measurement)."""
+    if not bound:
+        return ""
+    return (f"; the mandated work alone needs ≥ {_s(bound['bound_s'])} s "
+            f"({_x(bound['bound_s'] / limit)} the target)")
 
 
 def _targets(w: Any, results: dict[str, Any], r310: Any, proj: dict[str, Any] | None, l_skip: Any) -> None:
@@ -277,10 +334,11 @@ def _targets(w: Any, results: dict[str, Any], r310: Any, proj: dict[str, Any] | 
         full, duck, floor = r["full"]["wall_s"], r["duckdb_landing"]["wall_s"], r["floor_landing"]["wall_s"]
         incr = r["incremental"]["wall_s"]
         cf, cd, cfl = r["full"]["cpu_s"], r["duckdb_landing"]["cpu_s"], r["floor_landing"]["cpu_s"]
+        mb = mandated_bound(r)
         w(f"| full recompute ≤ DuckDB reference | {s} | {_s(full)} s vs {_s(duck)} s ({_x(full / duck)}; "
-          f"CPU {_s(cf)} vs {_s(cd)} s) | {_verdict(full <= duck)} |")
+          f"CPU {_s(cf)} vs {_s(cd)} s){_reach(mb, duck)} | {_verdict(full <= duck, mb, duck)} |")
         w(f"| full recompute ≤ 3× floor | {s} | {_s(full)} s vs 3 × {_s(floor)} s ({_x(full / floor)} the floor; "
-          f"CPU {_x(cf / cfl)}) | {_verdict(full <= 3 * floor)} |")
+          f"CPU {_x(cf / cfl)}){_reach(mb, 3 * floor)} | {_verdict(full <= 3 * floor, mb, 3 * floor)} |")
         walls = r.get("incremental_walls_s") or []
         median = f" (median of {len(walls)} runs, slowest {_s(max(walls))} s)" if len(walls) > 1 else ""
         w(f"| incremental ≤ 1/10 of full | {s} | {_s(incr)} s{median} vs {_s(full)} s (1/{full / incr:.1f}) | "
@@ -329,9 +387,53 @@ def _targets(w: Any, results: dict[str, Any], r310: Any, proj: dict[str, Any] | 
           f"{_s(bare['inner']['seconds'])} s ({_x(ratio)}) | {_verdict(ratio <= 4)} |")
         w(f"| 3.10: peak < 3 GiB | 5 M rows | {iv['peak_mib']:,.0f} MiB | {_verdict(iv['peak_mib'] < 3 * GIB_MIB)} |")
     w("")
+    _out_of_reach(w, results)
     if l_skip:
         w(f"L was not run: {l_skip['reason']}.")
         w("")
+
+
+def _out_of_reach(w: Any, results: dict[str, Any]) -> None:
+    """Why a full-recompute target is out of reach: the mandated work, measured alone."""
+    bounds = {s: b for s, r in results.items() if (b := mandated_bound(r))}
+    if not bounds:
+        return
+    w("**The mandated work alone.** The DuckDB query reads, types, deduplicates and aggregates; the pipeline "
+      "must also, by the contract, validate every row with the Great Expectations suites, write the staged "
+      "rows that analysts read, and pseudonymise personal identifiers with a keyed HMAC. Each of these, with "
+      "the reading and typing and the least of the deduplication and aggregation (each source's distinct keys, "
+      "one count per merchant), was measured alone, on one Polars thread, in its cheapest form "
+      "(`bench/child.py mandated-floor`): fewer rows than the pipeline handles (the accepted rows, not every "
+      "delivered one), the largest suite batches, no stored validation results, every distinct identifier "
+      "hashed once. Spread over every core as if perfectly parallel, their CPU time is a lower bound of any "
+      "full recompute that meets the contract on this stack, even if everything else (versions and "
+      "duplicates beyond the distinct keys, reasons, quarantine, the window tables, scoring, enforcement and "
+      "publishing) cost nothing:")
+    w("")
+    w("| size | typed read | Great Expectations | staged write | HMAC | keys and counts | **lower bound** | DuckDB "
+      "| 3× floor | left for the rest | DuckDB's dedupe + aggregation of the staged rows | DuckDB + the parts it "
+      "lacks |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for s, b in bounds.items():
+        r = results[s]
+        cells = " | ".join(f"{_s(b['parts'][k]['cpu_s'])} s" if k in b["parts"] else "–" for k in MANDATED_PARTS)
+        duck, floor3 = r["duckdb_landing"]["wall_s"], 3 * r["floor_landing"]["wall_s"]
+        left = min(duck, floor3) - b["bound_s"]
+        w(f"| {s} | {cells} | **{_s(b['bound_s'])} s** | {_s(duck)} s | {_s(floor3)} s | "
+          f"{_s(left) + ' s' if left > 0 else 'none'} | {_s(r['duckdb_staged']['inner']['seconds'])} s | "
+          f"{_s(b['beyond_duckdb_s'])} s |")
+    w("")
+    w("*Left for the rest* is what the lower of the two targets leaves, after the mandated work, for everything "
+      "else: versions and duplicates, reasons and quarantine, the window tables and the aggregation of every "
+      "event, scoring, enforcement and publishing. DuckDB itself needs the next column's time just to "
+      "deduplicate and aggregate the already typed staged rows. *DuckDB + the parts it lacks* is the best "
+      "case where reading, typing and aggregating cost the pipeline exactly what they cost DuckDB: the "
+      "reference's wall time plus the CPU time of validation, the staged write and the HMAC over every core. "
+      "Where the lower bound exceeds a target, no tuning of this pipeline meets it; where it leaves a few "
+      "seconds, those would have to cover work that takes DuckDB tens of seconds. Closing the gap needs a "
+      "change of what is compared (a peer that does the same per-row work) or of the stack (a validation "
+      "engine that runs the suites inside a columnar engine, not on pandas copies).")
+    w("")
 
 
 def _issue310(w: Any, r: dict[str, Any]) -> None:
@@ -485,6 +587,16 @@ def _method(w: Any, results: dict[str, Any]) -> None:
       "`scan_ndjson` (explicit string schema) and `scan_parquet` per source, selecting only the columns scoring "
       "needs; no typing, no checks. The staged floor reads the same columns from the staged Parquet of the "
       "window plus every `agg/reviews` partition.")
+    w("- **Mandated work alone** (`mandated-floor`): one process with `POLARS_MAX_THREADS=1`, after the "
+      "floors, on the full recompute's lake (landing warmed first). Five parts, each timed by wall and CPU "
+      "(`time.process_time`, every thread of the process): the landing floor's reads with one cheapest cast per "
+      "needed value (`cast` for numbers, one fixed-format parse for a date, one of the first 19 characters for "
+      "a timestamp); `SuiteRunner.run` of each source's suite over the staged (accepted) rows in batches of "
+      "whole days of at most `VALIDATE_BATCH_ROWS` (1 M) rows, with no result store; `Lake.write_frame` of "
+      "every staged day to a scratch folder; `_hmac_hex24_many` over the distinct staged values of every "
+      "personal column; `n_unique` of each source's key and `group_by(merchant_id).len()` over the staged rows. "
+      "The reads of the staged rows that feed the last four are not timed. The lower bound is the parts' CPU "
+      "time over the machine's cores.")
     w("- **Events in window** are counted from the full run's staged partitions (accepted rows, all versions).")
     w("- The numbers are single runs on a shared machine; rerun `bench/run.py` for fresh ones. Results JSON: "
       "`<workdir>/results/*.json`; every child's log and inner measurements: `<workdir>/measurements/`.")

@@ -66,7 +66,8 @@ def log(msg: str) -> None:
 
 
 # ------------------------------------------------------------------ measurement
-def measure(step: str, args: list[str], workdir: Path, label: str, *, profile: Path | None = None) -> dict[str, Any]:
+def measure(step: str, args: list[str], workdir: Path, label: str, *, profile: Path | None = None,
+            env_extra: dict[str, str] | None = None) -> dict[str, Any]:
     """Run one child step in its own process; wall, CPU and peak RSS of that process."""
     out = workdir / "measurements" / f"{label}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -76,7 +77,7 @@ def measure(step: str, args: list[str], workdir: Path, label: str, *, profile: P
     if profile is not None:
         cmd += ["-m", "pyinstrument", "-r", "pyisession", "-o", str(profile)]
     cmd += [CHILD, step, "--out", str(out), *args]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_extra or {}))
     if CODE_ROOT:
         env["BENCH_CODE_ROOT"] = CODE_ROOT
         env["PYTHONPATH"] = CODE_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -519,6 +520,12 @@ def bench_size(size: str, workdir: Path, seed: int, *, profile: bool, duckdb_thr
     res["floor_staged"] = measure("floor-staged", ["--lake", str(full_root), "--date", last.isoformat(),
                                                    "--window-days", str(window_days)], workdir,
                                   f"{size}-floor-staged")
+
+    # 5. the per-row work the contract adds to the DuckDB query, alone (a lower bound; see mandated_bound)
+    log(f"{size}: mandated work alone, one Polars thread")
+    warm_landing(gen / "landing")
+    res["mandated_floor"] = measure("mandated-floor", ["--landing", str(gen / "landing"), "--lake", str(full_root)],
+                                    workdir, f"{size}-mandated-floor", env_extra={"POLARS_MAX_THREADS": "1"})
     res["bench_seconds"] = round(time.perf_counter() - t_size, 1)
     shutil.rmtree(full_root, ignore_errors=True)
     return res

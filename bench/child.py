@@ -191,7 +191,10 @@ def _typed_read_queries(landing: Path) -> list[Any]:
 
 
 def step_mandated_floor(a: argparse.Namespace) -> dict[str, Any]:
-    """The per-row work the contract requires and the DuckDB reference does not do, measured alone.
+    """The least of the per-row work the contract requires, each part measured alone.
+
+    Three parts have no counterpart in the DuckDB reference (the suites, the staged write, the
+    HMAC); two are the cheapest form of what both do (reading and typing; keys and counts).
 
     Run with one Polars thread (``POLARS_MAX_THREADS=1``, set by ``bench/run.py``), so each part's
     wall time is its work with no idle or spinning threads; :func:`mandated_bound` then spreads the

@@ -24,7 +24,7 @@ GIB_MIB = 1024.0
 CHART = "benchmarks-time-vs-size.svg"
 
 
-#: The parts of ``child.py mandated-floor``: per-row work the contract requires beyond the DuckDB query.
+#: The parts of ``child.py mandated-floor``: the least of the per-row work the contract requires.
 MANDATED_PARTS = {
     "typed_read": "typed read: the landing floor + one cheapest cast per value",
     "great_expectations": "Great Expectations: the suites over the accepted rows, ≤ 1 M rows per run",
@@ -40,8 +40,8 @@ def mandated_bound(r: dict[str, Any]) -> dict[str, Any] | None:
     """Lower bounds of the full recompute from the mandated work measured alone, on one thread.
 
     ``bound_s``: the parts' CPU time spread perfectly over every core, as if everything else the
-    pipeline does (versioning, reasons, quarantine, window tables, scoring, enforcement,
-    publishing) took no time. ``beyond_duckdb_s``: the DuckDB reference's own wall time plus the
+    pipeline does (versions beyond the distinct keys, reasons, quarantine, window tables, scoring,
+    enforcement, publishing) took no time. ``beyond_duckdb_s``: the DuckDB reference's own wall time plus the
     parts it has no counterpart for, spread the same way: the best case where reading, typing and
     aggregating cost exactly what they cost DuckDB.
     """

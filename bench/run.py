@@ -521,7 +521,7 @@ def bench_size(size: str, workdir: Path, seed: int, *, profile: bool, duckdb_thr
                                                    "--window-days", str(window_days)], workdir,
                                   f"{size}-floor-staged")
 
-    # 5. the per-row work the contract adds to the DuckDB query, alone (a lower bound; see mandated_bound)
+    # 5. the least of the work the contract requires, each part alone (a lower bound; report.mandated_bound)
     log(f"{size}: mandated work alone, one Polars thread")
     warm_landing(gen / "landing")
     res["mandated_floor"] = measure("mandated-floor", ["--landing", str(gen / "landing"), "--lake", str(full_root)],

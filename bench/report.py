@@ -405,7 +405,8 @@ def _out_of_reach(w: Any, results: dict[str, Any]) -> None:
       "one count per merchant), was measured alone, on one Polars thread, in its cheapest form "
       "(`bench/child.py mandated-floor`): fewer rows than the pipeline handles (the accepted rows, not every "
       "delivered one), the largest suite batches, no stored validation results, every distinct identifier "
-      "hashed once. Spread over every core as if perfectly parallel, their CPU time is a lower bound of any "
+      "hashed once; only the staged write keeps the lake's codec, zstd (lz4 or none: *Where the time goes*). "
+      "Spread over every core as if perfectly parallel, their CPU time is a lower bound of any "
       "full recompute that meets the contract on this stack, even if everything else (versions and "
       "duplicates beyond the distinct keys, reasons, quarantine, the window tables, scoring, enforcement and "
       "publishing) cost nothing:")

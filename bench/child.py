@@ -105,7 +105,7 @@ def step_ingest_validate(a: argparse.Namespace) -> dict[str, Any]:
         if p.exists():
             acct[source] = json.loads(p.read_text())
     return {"ingest_seconds": round(t1 - t0, 3), "validate_seconds": round(t2 - t1, 3),
-            "timings": ctx.timings, "gate_error": gate_error, "accounting": acct}
+            "timings": ctx.timings, "gate_error": gate_error, "accounting": acct, "work": ctx.work}
 
 
 def _landing_files(landing: Path, source: str) -> dict[str, list[str]]:

@@ -618,6 +618,11 @@ def bench_310(workdir: Path, seed: int, *, profile: bool) -> dict[str, Any]:
     log("3.10: bare read")
     bare = measure("read-csv", ["--file", str(big)], workdir, "310-bare-read")
     res: dict[str, Any] = {"file": info, "ingest_validate": iv, "bare_read": bare}
+    # The day's staged rows are in the run's work folder (validate stages; publishing never ran).
+    log("3.10: mandated work alone, one Polars thread")
+    res["mandated_floor"] = measure("mandated-floor", ["--landing", str(lake / "landing"),
+                                                       "--lake", str(lake / iv["inner"]["work"])],
+                                    workdir, "310-mandated-floor", env_extra={"POLARS_MAX_THREADS": "1"})
     if profile:
         fresh_lake(lake, src / "landing")
         prof = workdir / "profiles" / "310-ingest-validate.pyisession"

@@ -156,9 +156,9 @@ def _machine(w: Any, m: dict[str, Any]) -> None:
     w(f"| load average (1 min) at start / end | {m.get('load_avg', ['?'])[0]} / "
       f"{(m.get('load_avg_end') or ['?'])[0]} |")
     w("")
-    w("The machine is **shared with other engineers** (tests and demo runs were going on during the benchmark), "
-      "so wall times carry noise; the CPU-seconds column is the steadier number, and each row also records the "
-      "1-minute load average when it started (in the result JSON).")
+    w("The machine is a **shared virtual machine** (other engineers' tests and demo runs may share it, and its "
+      "host is shared too), so wall times carry noise; the CPU-seconds column is the steadier number, and each "
+      "row also records the 1-minute load average when it started (in the result JSON).")
     w("")
 
 
@@ -221,7 +221,8 @@ def _size_table(w: Any, size: str, r: dict[str, Any]) -> None:
     row("floor: Polars read of the needed staged columns (+ review aggregates)", r["floor_staged"])
     mb = mandated_bound(r)
     if mb:
-        row("mandated work alone, one Polars thread (see *Targets*)", r["mandated_floor"])
+        row("mandated work alone, one Polars thread (the whole process, with the untimed reads that feed the "
+            "parts; see *Targets*)", r["mandated_floor"])
         for k, name in MANDATED_PARTS.items():
             if (part := mb["parts"].get(k)) is None:
                 continue

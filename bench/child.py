@@ -225,15 +225,20 @@ def step_mandated_floor(a: argparse.Namespace) -> dict[str, Any]:
         out = fn(*args)
         return out, time.perf_counter() - w0, time.process_time() - c0
 
-    parts: dict[str, dict[str, Any]] = {}
+    def add(part: dict[str, Any], rows: int, wall: float, cpu: float) -> None:
+        part["rows"] += rows
+        part["wall_s"] += wall
+        part["cpu_s"] += cpu
+
+    parts: dict[str, dict[str, Any]] = {k: {"rows": 0, "wall_s": 0.0, "cpu_s": 0.0} for k in (
+        "typed_read", "great_expectations", "staged_write", "keys_and_counts", "hmac")}
     frames, w, c = timed(pl.collect_all, _typed_read_queries(Path(a.landing)))
-    parts["typed_read"] = {"rows": sum(f.height for f in frames), "wall_s": round(w, 3), "cpu_s": round(c, 3)}
+    add(parts["typed_read"], sum(f.height for f in frames), w, c)
     del frames
 
     lake_root = Path(a.lake)
     tz = load_settings(root=str(lake_root)).tz
-    gx = {"rows": 0, "suite_runs": 0, "wall_s": 0.0, "cpu_s": 0.0}
-    write = {"rows": 0, "wall_s": 0.0, "cpu_s": 0.0}
+    parts["great_expectations"]["suite_runs"] = 0
     scratch = Lake(str(Path(a.out).parent / "mandated-scratch"))
     for source in SOURCES:
         parts_dirs = sorted((lake_root / "staged" / source).glob("dt=*"))
@@ -256,35 +261,25 @@ def step_mandated_floor(a: argparse.Namespace) -> dict[str, Any]:
                 pl.col("_dt").replace_strict(ends, default=None, return_dtype=pl.Datetime("us", "UTC"))
                 .alias(DELIVERY_END)).rechunk()
             _, w, c = timed(runner.run, checked)
-            gx["rows"] += checked.height
-            gx["suite_runs"] += 1
-            gx["wall_s"] += w
-            gx["cpu_s"] += c
+            add(parts["great_expectations"], checked.height, w, c)
+            parts["great_expectations"]["suite_runs"] += 1
             del checked
             for d in days:
                 part = frame.filter(pl.col("_dt") == d)
                 _, w, c = timed(scratch.write_frame, part, f"{source}/part-0.parquet")
-                write["rows"] += part.height
-                write["wall_s"] += w
-                write["cpu_s"] += c
+                add(parts["staged_write"], part.height, w, c)
     shutil.rmtree(scratch.root, ignore_errors=True)
-    parts["great_expectations"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in gx.items()}
-    parts["staged_write"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in write.items()}
 
     # The least of the work the pipeline shares with the DuckDB query: each source's distinct keys
     # (versioning and duplicates need at least that) and one count per merchant (the scores are
     # per-merchant aggregates), over the rows read once.
-    shared = {"rows": 0, "wall_s": 0.0, "cpu_s": 0.0}
     for source in SOURCES:
         staged = pl.read_parquet(str(lake_root / "staged" / source / "dt=*" / "*.parquet"),
                                  columns=list(dict.fromkeys([*CONTRACT[source].key, "merchant_id"])))
         key = list(CONTRACT[source].key)
         _, w, c = timed(lambda f, k: (f.select(k).n_unique(), f.group_by("merchant_id").len()), staged, key)
-        shared["rows"] += staged.height
-        shared["wall_s"] += w
-        shared["cpu_s"] += c
+        add(parts["keys_and_counts"], staged.height, w, c)
         del staged
-    parts["keys_and_counts"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in shared.items()}
 
     personal = [(s, c.name) for s, src in CONTRACT.items() for c in src.columns if c.personal]
     scans = [pl.scan_parquet(str(lake_root / "staged" / s / "dt=*" / "*.parquet")).select(pl.col(col).alias("v"))
@@ -292,7 +287,9 @@ def step_mandated_floor(a: argparse.Namespace) -> dict[str, Any]:
     ids = pl.concat(scans).drop_nulls().unique().collect().get_column("v")
     inner, outer = _hmac_pads(b"benchmark-key")
     _, w, c = timed(_hmac_hex24_many, inner, outer, ids)
-    parts["hmac"] = {"rows": len(ids), "wall_s": round(w, 3), "cpu_s": round(c, 3)}
+    add(parts["hmac"], len(ids), w, c)
+    for part in parts.values():
+        part["wall_s"], part["cpu_s"] = round(part["wall_s"], 3), round(part["cpu_s"], 3)
     return {"parts": parts, "polars_threads": pl.thread_pool_size(), "cores": os.cpu_count(),
             "batch_rows": VALIDATE_BATCH_ROWS}
 

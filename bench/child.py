@@ -121,36 +121,43 @@ def _landing_files(landing: Path, source: str) -> dict[str, list[str]]:
     return out
 
 
-def step_floor_landing(a: argparse.Namespace) -> dict[str, Any]:
-    """Read the needed columns of every landing file once (no typing, no checks)."""
+def _landing_scans(landing: Path) -> list[tuple[str, str, Any]]:
+    """``(source, format, LazyFrame)`` reading the needed columns of every landing file of each format.
+
+    What the floor reads (no typing, no checks), and what the typed read casts.
+    """
     import polars as pl
 
-    landing = Path(a.landing)
-    t0 = time.perf_counter()
-    queries: list[pl.LazyFrame] = []
-    names: list[str] = []
+    scans: list[tuple[str, str, Any]] = []
     for source in SOURCES:
         cols = NEEDED[source]
         files = _landing_files(landing, source)
         if files["csv"]:
             # Lossy UTF-8: the GB18030 files are read byte for byte (decoding them is the pipeline's job).
-            queries.append(pl.scan_csv(files["csv"], infer_schema=False, encoding="utf8-lossy").select(cols))
-            names.append(f"{source}/csv")
+            scans.append((source, "csv", pl.scan_csv(files["csv"], infer_schema=False,
+                                                     encoding="utf8-lossy").select(cols)))
         if files["jsonl"]:
-            queries.append(pl.scan_ndjson(files["jsonl"], schema=dict.fromkeys(cols, pl.String)))
-            names.append(f"{source}/jsonl")
+            scans.append((source, "jsonl", pl.scan_ndjson(files["jsonl"], schema=dict.fromkeys(cols, pl.String))))
         if files["parquet"]:
-            queries.append(pl.scan_parquet(files["parquet"], missing_columns="insert").select(cols))
-            names.append(f"{source}/parquet")
-    frames = pl.collect_all(queries)
-    rows = {n: f.height for n, f in zip(names, frames, strict=True)}
+            scans.append((source, "parquet", pl.scan_parquet(files["parquet"], missing_columns="insert").select(cols)))
+    return scans
+
+
+def step_floor_landing(a: argparse.Namespace) -> dict[str, Any]:
+    """Read the needed columns of every landing file once (no typing, no checks)."""
+    import polars as pl
+
+    t0 = time.perf_counter()
+    scans = _landing_scans(Path(a.landing))
+    frames = pl.collect_all([lf for _, _, lf in scans])
+    rows = {f"{source}/{fmt}": f.height for (source, fmt, _), f in zip(scans, frames, strict=True)}
     return {"seconds": round(time.perf_counter() - t0, 3), "rows": rows, "total_rows": sum(rows.values())}
 
 
 def _typed_read_queries(landing: Path) -> list[Any]:
-    """The floor's reads, each needed column cast to its contract type with the cheapest parse.
+    """The floor's reads (:func:`_landing_scans`), each needed column cast to its contract type.
 
-    One cast per value and no checks: a date is one fixed-format parse, a timestamp one
+    One cast per value, the cheapest, and no checks: a date is one fixed-format parse, a timestamp one
     fixed-format parse of its first 19 characters. Less than what typing must do (every accepted
     form, a reason per bad value), so a lower bound of it.
     """
@@ -174,19 +181,9 @@ def _typed_read_queries(landing: Path) -> list[Any]:
         return c.str.slice(0, 19).str.to_datetime("%Y-%m-%dT%H:%M:%S", strict=False, time_unit="us")
 
     queries: list[pl.LazyFrame] = []
-    for source in SOURCES:
-        cols = NEEDED[source]
-        files = _landing_files(landing, source)
-        scans = []
-        if files["csv"]:
-            scans.append(pl.scan_csv(files["csv"], infer_schema=False, encoding="utf8-lossy").select(cols))
-        if files["jsonl"]:
-            scans.append(pl.scan_ndjson(files["jsonl"], schema=dict.fromkeys(cols, pl.String)))
-        if files["parquet"]:
-            scans.append(pl.scan_parquet(files["parquet"], missing_columns="insert").select(cols))
-        for lf in scans:
-            schema = lf.collect_schema()
-            queries.append(lf.select(cast(source, c, schema[c]) for c in cols))
+    for source, _, lf in _landing_scans(landing):
+        schema = lf.collect_schema()
+        queries.append(lf.select(cast(source, c, schema[c]) for c in NEEDED[source]))
     return queries
 
 
